@@ -1,0 +1,1 @@
+"""The two-host lab (test code only; see README.md beside this file)."""

@@ -1,0 +1,143 @@
+"""The two-host lab: build it, tear it down, and clean up after a killed run.
+
+    lab = Lab()            # hostA and hostB
+    lab.up()               # namespaces, links, LVM, libvirtd in each host
+    lab.hosts["hostA"].run(["virsh", "list"])
+    lab.down()             # leaves nothing behind
+
+``python -m tests.lab up|down|clean|status|shell HOST`` does the same by hand.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+
+from tests.lab import hosts as hostlib
+from tests.lab import lvm as lablvm
+from tests.lab import namespaces
+from tests.lab.hosts import DATA, LabHost
+
+CONTROL_IP = "10.77.0.1"
+HOSTS = (
+    LabHost("hostA", admin_ip="10.77.0.11", replication_ip="10.78.0.11"),
+    LabHost("hostB", admin_ip="10.77.0.12", replication_ip="10.78.0.12"),
+)
+PV_SIZE_MIB = 1024
+# Daemons only the lab starts here; zombies (orphans PID 1 never reaps) do not count.
+LAB_PROCESS = re.compile(r"qemu-system|libvirtd|virtlogd|salt-minion|salt-master")
+
+
+def create_control_namespace():
+    """The namespace of the salt-master and the test process: bridge adm0."""
+    ns = namespaces.netns_name(namespaces.CONTROL)
+    namespaces.create_netns(namespaces.CONTROL)
+    if namespaces.sh(["ip", "-n", ns, "link", "show", "adm0"], check=False).returncode:
+        namespaces.sh(["ip", "-n", ns, "link", "add", "adm0", "type", "bridge"])
+        namespaces.sh(["ip", "-n", ns, "link", "set", "adm0", "type", "bridge", "forward_delay", "0"])
+    namespaces.sh(["ip", "-n", ns, "addr", "replace", f"{CONTROL_IP}/24", "dev", "adm0"])
+    namespaces.sh(["ip", "-n", ns, "link", "set", "adm0", "up"])
+
+
+class Lab:
+    """A pair of lab hosts (or a single one, for the functional tier)."""
+
+    def __init__(self, names=("hostA", "hostB")):
+        self.hosts = {h.name: h for h in HOSTS if h.name in names}
+
+    def up(self, libvirt=True, clean_first=True):
+        """Build the lab; a leftover of a killed run is cleaned first.
+
+        The test process that already lives in the control namespace passes
+        clean_first=False (it cleaned before entering it).
+        """
+        if clean_first:
+            clean()
+            create_control_namespace()
+        DATA.mkdir(parents=True, exist_ok=True)
+        for host in self.hosts.values():
+            host.create()
+        self._wire()
+        for host in self.hosts.values():
+            host.configure_links()
+            self._create_storage(host)
+            if libvirt:
+                host.start_libvirt()
+        return self
+
+    def _wire(self):
+        """Admin links to the control bridge, replication and public links between hosts."""
+        ctl = namespaces.netns_name(namespaces.CONTROL)
+        for host in self.hosts.values():
+            ns = namespaces.netns_name(host.name)
+            port = f"adm-{host.name}"
+            namespaces.sh(["ip", "-n", ctl, "link", "add", port, "type", "veth",
+                           "peer", "name", "eth0", "netns", ns])
+            namespaces.sh(["ip", "-n", ctl, "link", "set", port, "master", "adm0", "up"])
+            namespaces.sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge",
+                           "forward_delay", "0"])
+        names = list(self.hosts)
+        if len(names) == 2:
+            a, b = (namespaces.netns_name(n) for n in names)
+            for link in ("eth1", "pub0"):
+                namespaces.sh(["ip", "-n", a, "link", "add", link, "type", "veth",
+                               "peer", "name", link, "netns", b])
+        else:
+            # A single host still gets the interfaces the product expects;
+            # their peers stay in the same namespace (this kernel has no dummy).
+            ns = namespaces.netns_name(names[0])
+            for link in ("eth1", "pub0"):
+                namespaces.sh(["ip", "-n", ns, "link", "add", link, "type", "veth",
+                               "peer", "name", f"{link}-peer"])
+
+    def _create_storage(self, host):
+        lablvm.create_volume_groups(host.run, host.dir, PV_SIZE_MIB)
+
+    def down(self):
+        """Stop everything in the lab; leaves no process, namespace, mount or loop."""
+        for host in self.hosts.values():
+            if namespaces.netns_path(host.name).exists():
+                host.stop_libvirt()
+        clean()
+
+
+def clean():
+    """Remove every trace of a lab, including one left by a killed run."""
+    for name in namespaces.lab_netns_names():
+        namespaces.kill_netns_processes(name)
+    for name in namespaces.lab_netns_names():
+        if name != namespaces.CONTROL:
+            namespaces.delete_host_namespaces(name)
+    if namespaces.netns_path(namespaces.CONTROL).exists():
+        namespaces.delete_host_namespaces(namespaces.CONTROL)
+    if namespaces.NS_DIR.exists():
+        for leftover in namespaces.NS_DIR.iterdir():
+            namespaces.sh(["umount", str(leftover)], check=False)
+            leftover.unlink(missing_ok=True)
+        namespaces.sh(["umount", str(namespaces.NS_DIR)], check=False)
+    lablvm.detach_lab_loops(DATA)
+    hostlib.remove_created_mountpoints()
+    if DATA.exists():
+        shutil.rmtree(DATA)
+
+
+def leftovers():
+    """What a lab left behind: a list of human-readable lines (empty when clean)."""
+    found = [f"network namespace {namespaces.netns_name(n)}" for n in namespaces.lab_netns_names()]
+    loops = json.loads(
+        subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True).stdout or "{}"
+    ).get("loopdevices", [])
+    found += [
+        f"loop device {d['name']} -> {d['back-file']}"
+        for d in loops
+        if str(d.get("back-file") or "").startswith(str(DATA))
+    ]
+    mounts = open("/proc/self/mountinfo", encoding="utf-8").read()
+    found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if "/run/pvlab" in line]
+    procs = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
+    found += [
+        f"process {line.strip()}"
+        for line in procs.stdout.splitlines()
+        if LAB_PROCESS.search(line) and line.split()[1][0] != "Z"
+    ]
+    return found

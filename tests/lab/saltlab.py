@@ -1,0 +1,81 @@
+"""Salt in the lab: the master in the control namespace, a minion in each host.
+
+The same configuration serves the test tiers (through pytest-salt-factories)
+and the demo (plain daemons, ``scripts/lab-salt`` to talk to them).
+"""
+
+from pathlib import Path
+
+from saltfactories.daemons.minion import SaltMinion
+
+from tests.lab import namespaces
+from tests.lab.hosts import REPO, lab_environ
+from tests.lab.lab import CONTROL_IP
+
+# What the master's file server serves: the formula and the custom modules,
+# never pillar/ (served as a tree of symlinks, see README "Install").
+SERVED = {
+    "pairvm": REPO / "salt" / "pairvm",
+    "top.sls": REPO / "salt" / "top.sls",
+    "_modules": REPO / "_modules",
+    "_states": REPO / "_states",
+    "_runners": REPO / "_runners",
+    "_utils": REPO / "_utils",
+}
+
+
+def file_tree(dest):
+    """Build the master's file root at dest: symlinks to the served parts only."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, target in SERVED.items():
+        link = dest / name
+        if target.exists() and not link.is_symlink():
+            link.symlink_to(target)
+    return dest
+
+
+def master_config(root):
+    """Master settings for the lab (root: a directory of the master's own)."""
+    return {
+        "interface": CONTROL_IP,
+        "file_roots": {"base": [str(file_tree(Path(root) / "srv"))]},
+        "pillar_roots": {"base": [str(REPO / "pillar")]},
+        "auto_accept": True,
+        "fileserver_followsymlinks": True,
+        "timeout": 30,
+    }
+
+
+def minion_config():
+    return {"master": CONTROL_IP, "log_level_logfile": "info"}
+
+
+class LabSaltMinion(SaltMinion):
+    """A salt-minion started inside the lab host named like its id."""
+
+    def cmdline(self, *args):
+        return namespaces.nsenter_argv(self.id) + super().cmdline(*args)
+
+
+def master_factory(salt_factories):
+    root = salt_factories.root_dir / "master-srv"
+    return salt_factories.salt_master_daemon(
+        "master", overrides=master_config(root), start_timeout=120
+    )
+
+
+def minion_factory(master, host):
+    minion = master.salt_minion_daemon(
+        host.name, overrides=minion_config(), factory_class=LabSaltMinion, start_timeout=120
+    )
+    minion.environ = dict(lab_environ(host.name))
+    return minion
+
+
+def sync(master):
+    """Sync the formula's modules to the master (runners) and the minions."""
+    run = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
+    assert run.returncode == 0, run
+    res = master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="*")
+    assert res.returncode == 0, res
