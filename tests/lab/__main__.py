@@ -1,4 +1,4 @@
-"""Drive the lab by hand: python -m tests.lab up|down|clean|status|shell HOST."""
+"""Drive the lab by hand: python -m tests.lab up|demo|down|clean|status|shell HOST."""
 
 import os
 import sys
@@ -11,6 +11,10 @@ def main(argv):
     if cmd == "up":
         labmod.Lab().up()
         print("lab is up: hostA, hostB (python -m tests.lab shell hostA)")
+    elif cmd == "demo":
+        from tests.lab import demo
+
+        demo.run()
     elif cmd in ("down", "clean"):
         labmod.Lab().down()
         print("lab is down")

@@ -34,6 +34,8 @@ PRIVATE_PATHS = (
     "/var/log/libvirt",
     "/var/cache/libvirt",
     "/var/lib/pairvm",
+    "/etc/salt",
+    "/usr/local/sbin",
 )
 
 # Mount points the lab had to create in the real root (removed again at teardown).

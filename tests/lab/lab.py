@@ -89,6 +89,7 @@ class Lab:
             for link in ("eth1", "pub0"):
                 namespaces.sh(["ip", "-n", ns, "link", "add", link, "type", "veth",
                                "peer", "name", f"{link}-peer"])
+                namespaces.sh(["ip", "-n", ns, "link", "set", f"{link}-peer", "up"])
 
     def _create_storage(self, host):
         lablvm.create_volume_groups(host.run, host.dir, PV_SIZE_MIB)

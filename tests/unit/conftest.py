@@ -1,0 +1,34 @@
+"""Unit tier: the formula's modules with Salt's dunders mocked; no daemons."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load(path, name):
+    """Import a formula file (module, state, runner or the host command) by path."""
+    spec = importlib.util.spec_from_loader(
+        name, importlib.machinery.SourceFileLoader(name, str(REPO / path))
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+@pytest.fixture
+def loader_mock():
+    """Install Salt's dunders on a loaded module: ``loader_mock(module, salt=..)``."""
+
+    def install(module, salt=None, grains=None, opts=None):
+        module.__salt__ = salt or {}
+        module.__grains__ = grains or {"id": "hostA"}
+        module.__opts__ = opts or {}
+        module.__context__ = {}
+        return module
+
+    return install
