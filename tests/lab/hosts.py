@@ -35,6 +35,7 @@ PRIVATE_PATHS = (
     "/var/cache/libvirt",
     "/var/lib/pairvm",
     "/etc/salt",
+    "/var/lib/drbd",
     "/usr/local/sbin",
 )
 

@@ -9,6 +9,7 @@
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -139,6 +140,18 @@ def leftovers():
     found += [
         f"process {line.strip()}"
         for line in procs.stdout.splitlines()
-        if LAB_PROCESS.search(line) and line.split()[1][0] != "Z"
+        if LAB_PROCESS.search(line) and line.split()[1][0] != "Z" and _is_lab_process(line.split()[0])
     ]
     return found
+
+
+def _is_lab_process(pid):
+    """A process of the lab: it lives in a network namespace other than the
+    machine's own (all lab hosts do), or it names a lab path."""
+    try:
+        if os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/1/ns/net"):
+            return True
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(path in cmdline for path in (str(DATA), "/tmp/pvsalt", "/run/pvlab"))

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures (never asserts on time)."""

@@ -1,0 +1,5 @@
+"""Run every benchmark: python -m bench."""
+
+from bench import lab_list
+
+lab_list.main()

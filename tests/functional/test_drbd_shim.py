@@ -1,0 +1,322 @@
+"""The DRBD shim driven by the REAL drbdadm (drbd-utils 9.22 -> drbdadm-84),
+in two self-made hosts (mount + UTS + net namespaces named hostA/hostB).
+
+Self-contained: it does not use the lab fixtures. Needs root, util-linux,
+iproute2 and drbd-utils; skipped otherwise.
+"""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHIMS = REPO / "tests" / "lab" / "shims"
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+import drbdshim  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("pairvm_drbd_fn", REPO / "_modules" / "drbd.py")
+product_drbd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(product_drbd)
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not os.path.exists("/usr/sbin/drbdadm"),
+    reason="needs root, unshare and drbd-utils")
+
+MIB = 1 << 20
+ADDR = {"hostA": "10.78.0.11", "hostB": "10.78.0.12"}
+GLOBAL = "global { usage-count no; }\ncommon { }\n"
+
+
+def resfile(name, minor, port, disks, extra_net=""):
+    ons = "".join(
+        f"  on {h} {{\n    device /dev/drbd{minor};\n    disk {disks[h]};\n"
+        f"    address {ADDR[h]}:{port};\n    meta-disk internal;\n  }}\n" for h in ("hostA", "hostB"))
+    return (f"resource {name} {{\n  protocol C;\n"
+            f"  net {{\n    after-sb-0pri discard-zero-changes;\n    after-sb-1pri disconnect;\n"
+            f"    after-sb-2pri disconnect;\n{extra_net}  }}\n{ons}}}\n")
+
+
+SETUP = r"""
+set -e
+hostname "$1"
+mount -t tmpfs -o mode=755 pvdev /dev
+for n in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0 loop-control:10:237; do
+  IFS=: read name maj min <<EOF
+$n
+EOF
+  mknod -m 666 /dev/$name c $maj $min
+done
+i=0; while [ $i -lt 256 ]; do mknod -m 660 /dev/loop$i b 7 $i; i=$((i+1)); done
+mount -t tmpfs pvetc /etc/drbd.d
+mount -t tmpfs pvvar /var/lib/drbd
+ip link set lo up
+echo ready
+exec sleep 100000
+"""
+
+
+class Host:
+    def __init__(self, name, tmp, env):
+        self.name = name
+        self.env = env
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--net", "--propagation", "private",
+             "sh", "-c", SETUP, "sh", name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", self.proc.stderr.read()
+        self.pid = self.proc.pid
+
+    def run(self, argv, check=True, stdin=None):
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "--", *argv],
+            env=self.env, capture_output=True, text=True, input=stdin, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{self.name}: {argv}: rc {proc.returncode}\n"
+                                 f"{proc.stdout}{proc.stderr}")
+        return proc
+
+    def write(self, path, text):
+        self.run(["sh", "-c", f"cat > {path}"], stdin=text)
+
+    def status(self):
+        """The one-shot machine-readable query the product uses."""
+        out = self.run(["drbdsetup", "events2", "--now", "all"]).stdout
+        res = {}
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) < 3:
+                continue
+            kind = words[1]
+            fields = dict(w.split(":", 1) for w in words[2:])
+            r = res.setdefault(fields["name"], {})
+            for k, v in fields.items():
+                r[f"{kind}.{k}"] = v
+        return res
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def summary(host, res):
+    s = host.status().get(res, {})
+    return (s.get("resource.role"), s.get("connection.role"), s.get("peer-device.replication"),
+            s.get("device.disk"), s.get("peer-device.peer-disk"))
+
+
+def wait_for(host, res, want, timeout=10):
+    end = time.time() + timeout
+    while True:
+        got = summary(host, res)
+        if got == want:
+            return got
+        if time.time() > end:
+            raise AssertionError(f"{host.name} {res}: {got} != {want}")
+        time.sleep(0.1)
+
+
+def losetup(path):
+    return subprocess.run(["losetup", "--find", "--show", str(path)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def cleanup_loops(tmp):
+    for name in os.listdir("/sys/block"):
+        if not name.startswith("loop"):
+            continue
+        try:
+            backing = Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.startswith(str(tmp)):
+            subprocess.run(["losetup", "-d", f"/dev/{name}"], check=False)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tmp = Path(tempfile.mkdtemp(prefix="pvdrbd-"))
+    data = tmp / "pvlab"
+    env = {"PATH": f"{SHIMS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "PVLAB_DATA": str(data), "PVLAB_DRBD_SYNC_SECONDS": "0.5", "LC_ALL": "C"}
+    os.environ["PVLAB_DATA"] = str(data)
+    hosts = {}
+    try:
+        for h in ("hostA", "hostB"):
+            hosts[h] = Host(h, tmp, env)
+        a, b = hosts["hostA"], hosts["hostB"]
+        subprocess.run(["ip", "link", "add", "pvdrbdA", "type", "veth", "peer", "name", "pvdrbdB",
+                        "netns", str(b.pid)], check=True)
+        subprocess.run(["ip", "link", "set", "pvdrbdA", "netns", str(a.pid)], check=True)
+        for h, dev in ((a, "pvdrbdA"), (b, "pvdrbdB")):
+            h.run(["ip", "link", "set", dev, "name", "eth1"])
+            h.run(["ip", "addr", "add", f"{ADDR[h.name]}/24", "dev", "eth1"])
+            h.run(["ip", "link", "set", "eth1", "up"])
+            h.write("/etc/drbd.d/global_common.conf", GLOBAL)
+        disks = {}
+        for h in hosts:
+            img = tmp / f"{h}-r0.img"
+            with open(img, "wb") as fh:
+                fh.truncate(64 * MIB)
+            disks[h] = losetup(img)
+        yield {"hosts": hosts, "disks": disks, "tmp": tmp, "data": data}
+    finally:
+        for h in hosts.values():
+            h.run(["drbdadm", "down", "all"], check=False)
+        for h in hosts.values():
+            h.stop()
+        cleanup_loops(tmp)
+        os.environ.pop("PVLAB_DATA", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def md5(host, dev, length):
+    out = host.run(["sh", "-c", f"head -c {length} {dev} | md5sum"]).stdout
+    return out.split()[0]
+
+
+def test_resource_file_accepted_by_real_drbdadm(pair, tmp_path):
+    text = "global { usage-count no; }\n" + resfile("r0", 0, 7788, pair["disks"])
+    path = tmp_path / "r0.conf"
+    path.write_text(text)
+    for h in ("hostA", "hostB"):
+        env = {**pair["hosts"][h].env, "__DRBD_NODE__": h}
+        dump = subprocess.run(["drbdadm", "-c", str(path), "dump", "r0"], env=env,
+                              capture_output=True, text=True, check=False)
+        assert dump.returncode == 0, dump.stderr
+        assert "after-sb-0pri" in dump.stdout
+        dry = pair["hosts"][h].run(["drbdadm", "-c", str(path), "-d", "up", "r0"],
+                                   check=False)
+        assert dry.returncode == 0, dry.stderr
+        assert "drbdsetup-84 new-resource r0" in dry.stdout
+        assert f"drbdsetup-84 connect r0 ipv4:{ADDR[h]}:7788" in dry.stdout
+    broken = tmp_path / "bad.conf"
+    broken.write_text(text.replace("protocol C;", "protocol C"))
+    bad = subprocess.run(["drbdadm", "-c", str(broken), "dump", "r0"],
+                         env={**pair["hosts"]["hostA"].env, "__DRBD_NODE__": "hostA"},
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 10
+
+
+def test_scenario(pair):
+    hosts, disks = pair["hosts"], pair["disks"]
+    a, b = hosts["hostA"], hosts["hostB"]
+    for h in (a, b):
+        h.write("/etc/drbd.d/r0.res", resfile("r0", 0, 7788, disks))
+        h.run(["drbdadm", "create-md", "--force", "r0"])
+        gi = h.run(["drbdmeta", "0", "v08", disks[h.name], "internal", "get-gi"]).stdout
+        assert gi.startswith("0000000000000004:")
+    # up on A only: waiting for the peer
+    a.run(["drbdadm", "up", "r0"])
+    assert summary(a, "r0") == ("Secondary", "Unknown", "WFConnection", "Inconsistent", "DUnknown")
+    assert "connection:Connecting" in a.run(["drbdsetup", "events2", "--now", "r0"]).stdout
+    b.run(["drbdadm", "up", "r0"])
+    for h in (a, b):
+        assert summary(h, "r0") == ("Secondary", "Secondary", "Established",
+                                    "Inconsistent", "Inconsistent")
+    # the data area is what 8.4 gives for internal meta data on 64 MiB
+    size = int(a.run(["blockdev", "--getsize64", "/dev/drbd0"]).stdout)
+    assert size == (131072 - 80) * 512
+    # primary without --force on Inconsistent data fails as 8.4 does
+    p = a.run(["drbdadm", "primary", "r0"], check=False)
+    assert p.returncode != 0
+    assert "0: State change failed: (-2) Need access to UpToDate data" in p.stderr
+    assert "Command 'drbdsetup-84 primary 0' terminated with exit code 17" in p.stderr
+    # initial full sync
+    a.run(["drbdadm", "primary", "--force", "r0"])
+    assert summary(a, "r0") == ("Primary", "Secondary", "SyncSource", "UpToDate", "Inconsistent")
+    assert summary(b, "r0") == ("Secondary", "Primary", "SyncTarget", "Inconsistent", "UpToDate")
+    assert "replication:SyncSource" in a.run(["drbdadm", "status", "r0"]).stdout
+    wait_for(a, "r0", ("Primary", "Secondary", "Established", "UpToDate", "UpToDate"))
+    wait_for(b, "r0", ("Secondary", "Primary", "Established", "UpToDate", "UpToDate"))
+    # adjust on an up-to-date resource changes nothing
+    dry = a.run(["drbdadm", "-d", "adjust", "r0"]).stdout
+    assert "drbdsetup" not in dry, dry
+    # same bytes on both, through a failover
+    a.run(["sh", "-c", "head -c 3145728 /dev/urandom > /tmp/pattern-$$; "
+                       "dd if=/tmp/pattern-$$ of=/dev/drbd0 bs=1M oflag=direct status=none; "
+                       "rm /tmp/pattern-$$"])
+    want = md5(a, "/dev/drbd0", 3 * MIB)
+    refused = b.run(["drbdadm", "primary", "r0"], check=False)
+    assert "0: State change failed: (-1) Multiple primaries not allowed by config" in refused.stderr
+    assert "terminated with exit code 11" in refused.stderr
+    # a Secondary refuses writes (set_disk_ro)
+    assert b.run(["dd", "if=/dev/zero", "of=/dev/drbd0", "bs=4k", "count=1", "status=none"],
+                 check=False).returncode != 0
+    # demote refused while the device is held open
+    opener = subprocess.Popen(["nsenter", "-t", str(a.pid), "-m", "--", "sh", "-c",
+                               "exec 3</dev/drbd0; echo open; exec sleep 30"],
+                              stdout=subprocess.PIPE, text=True)
+    assert opener.stdout.readline().strip() == "open"
+    held = a.run(["drbdadm", "secondary", "r0"], check=False)
+    opener.kill()
+    opener.wait()
+    assert "0: State change failed: (-12) Device is held open by someone" in held.stderr
+    a.run(["drbdadm", "secondary", "r0"])
+    b.run(["drbdadm", "primary", "r0"])
+    assert md5(b, "/dev/drbd0", 3 * MIB) == want
+    b.run(["drbdadm", "secondary", "r0"])
+    a.run(["drbdadm", "primary", "r0"])
+
+    # cut the link: both see WFConnection; both write as Primary
+    drbdshim.cut_link("r0")
+    wait_for(a, "r0", ("Primary", "Unknown", "WFConnection", "UpToDate", "DUnknown"))
+    wait_for(b, "r0", ("Secondary", "Unknown", "WFConnection", "UpToDate", "DUnknown"))
+    assert md5(b, "/dev/drbd0", 3 * MIB) == want
+    b.run(["drbdadm", "primary", "r0"])
+    a.run(["sh", "-c", "printf AAAA | dd of=/dev/drbd0 bs=4k conv=sync oflag=direct status=none"])
+    b.run(["sh", "-c", "printf BBBB | dd of=/dev/drbd0 bs=4k conv=sync oflag=direct status=none"])
+    a_data = md5(a, "/dev/drbd0", 3 * MIB)
+    assert md5(b, "/dev/drbd0", 3 * MIB) != a_data
+    drbdshim.restore_link("r0")
+    # split brain: both StandAlone
+    for h in (a, b):
+        wait_for(h, "r0", ("Primary", "Unknown", "StandAlone", "UpToDate", "DUnknown"))
+    events = a.run(["drbdsetup", "events2", "--now", "all"]).stdout
+    assert "connection:StandAlone" in events
+    parsed = product_drbd._parse_events(events)["r0"]  # the product's parser, on shim output
+    assert parsed["split_brain"] is True and parsed["role"] == "Primary" and parsed["minor"] == 0
+    gone = a.run(["drbdadm", "disconnect", "r0"], check=False)
+    assert "??: Failure: (162) Invalid configuration request" in gone.stderr
+    assert "unknown connection" in gone.stderr
+    # B is the victim: discard-my-data needs Secondary (8.4 text on failure)
+    refused = b.run(["drbdadm", "connect", "--discard-my-data", "r0"], check=False)
+    assert "r0: Failure: (123) --discard-my-data not allowed when primary." in refused.stderr
+    b.run(["drbdadm", "secondary", "r0"])
+    b.run(["drbdadm", "connect", "--discard-my-data", "r0"])
+    a.run(["drbdadm", "connect", "r0"])
+    wait_for(a, "r0", ("Primary", "Secondary", "Established", "UpToDate", "UpToDate"))
+    wait_for(b, "r0", ("Secondary", "Primary", "Established", "UpToDate", "UpToDate"))
+    a.run(["drbdadm", "secondary", "r0"])
+    b.run(["drbdadm", "primary", "r0"])
+    assert md5(b, "/dev/drbd0", 3 * MIB) == a_data
+    b.run(["drbdadm", "secondary", "r0"])
+    a.run(["drbdadm", "primary", "r0"])
+
+    # resize after growing both backing devices
+    for h in ("hostA", "hostB"):
+        with open(pair["tmp"] / f"{h}-r0.img", "r+b") as fh:
+            fh.truncate(96 * MIB)
+        subprocess.run(["losetup", "-c", disks[h]], check=True)
+    a.run(["drbdadm", "resize", "r0"])
+    for h in (a, b):
+        wait_for(h, "r0", summary(h, "r0")[:2] + ("Established", "UpToDate", "UpToDate"))
+        got = int(h.run(["blockdev", "--getsize64", "/dev/drbd0"]).stdout)
+        assert got == (196608 - 80) * 512
+    for h in (a, b):
+        dump = h.run(["drbdmeta", "--force", "0", "v08", disks[h.name], "internal", "dump-md"],
+                     check=False)
+        assert f"la-size-sect {196608 - 80};" in dump.stdout, dump.stdout + dump.stderr
+    a.run(["drbdadm", "secondary", "r0"])
+    for h in (a, b):
+        h.run(["drbdadm", "down", "r0"])
+        assert "r0" not in h.status()
+        assert h.run(["test", "-e", "/dev/drbd0"], check=False).returncode != 0
+    assert drbdshim.resource_state("r0") is None
