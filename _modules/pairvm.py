@@ -1,27 +1,35 @@
 """pairvm: KVM virtual machines on a pair of hosts with DRBD-replicated discs.
 
-Host-local operations. They read this host's realized configuration
-(``/machines/<vm>`` and ``/machines/_global``, written from pillar by the
-formula's states) and query the runtime (LVM, DRBD, libvirt) once per call,
-however many VMs there are.
+Host-local operations. A VM's record comes from pillar (``pairvm:vms`` plus
+the master's allocations in ``pairvm:allocations``) when it is created, and
+from this host's ``/machines/<vm>`` afterwards, so a host keeps working while
+the master is down. The runtime (LVM, DRBD, libvirt) is queried once per
+call, however many VMs there are.
 
-:depends: libvirt-python, drbd-utils, lvm2
-:configuration: optional minion/pillar keys ``pairvm:libvirt_uri`` (default
-    ``qemu:///system``), ``pairvm:bridge`` (default ``br0``) and
-    ``pairvm:volume_groups`` (default ``[here, there]``).
+Mutating functions return ``{"name", "changes": [...], "comment"}``: one line
+per thing done (with ``test=True``: that would be done), often the exact
+command; no changes means nothing was to do. They raise
+``CommandExecutionError`` with what to do when they refuse or fail.
+
+:depends: libvirt-python, drbd-utils, lvm2, iputils-arping
 """
 
+import contextlib
+import fcntl
 import logging
 import os
+import time
+from xml.sax.saxutils import quoteattr
 
 import salt.utils.files
 import salt.utils.json
 import salt.utils.path
 import salt.utils.yaml
-from salt.exceptions import CommandExecutionError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
     import libvirt
+    import libvirt_qemu
 
     HAS_LIBVIRT = True
 except ImportError:
@@ -34,6 +42,10 @@ __func_alias__ = {"list_": "list"}
 
 MACHINES_DIR = "/machines"
 GLOBAL_FILE = "_global"
+DRBD_DIR = "/etc/drbd.d"
+LOCK_DIR = "/run/lock/pairvm"
+SUPPRESS_DIR = "/var/lib/pairvm/suppressed"
+SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
 LIST_FIELDS = (
     "name", "memory", "disc", "running", "location", "vnc_display",
     "drbd_connection", "drbd_disk", "mac", "ip",
@@ -50,8 +62,23 @@ def __virtual__():
     return __virtualname__
 
 
+# --- configuration: pillar, /machines ------------------------------------
+
+
 def _setting(key, default):
     return __salt__["config.get"](f"pairvm:{key}", default)
+
+
+def _schema(func, *args):
+    try:
+        return __utils__[f"pairvm_schema.{func}"](*args)
+    except SaltInvocationError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+
+
+def _check_name(name):
+    _schema("validate_name", name)
+    return name
 
 
 def _read_yaml(path):
@@ -62,12 +89,16 @@ def _read_yaml(path):
     return data
 
 
+def _machine_path(name):
+    return os.path.join(MACHINES_DIR, name)
+
+
 def _machines():
-    """Every VM defined on this host: {name: settings from /machines/<name>}."""
+    """Every VM defined on this host: {name: record from /machines/<name>}."""
     if not os.path.isdir(MACHINES_DIR):
         return {}
     return {
-        entry: _read_yaml(os.path.join(MACHINES_DIR, entry))
+        entry: _read_yaml(_machine_path(entry))
         for entry in sorted(os.listdir(MACHINES_DIR))
         if not entry.startswith(("_", "."))
     }
@@ -78,23 +109,446 @@ def _this_host():
     return _read_yaml(path) if os.path.exists(path) else {}
 
 
-def _libvirt_running():
-    """Names of the running libvirt domains (one query)."""
+def _me():
+    return __grains__["id"]
+
+
+def _machine(name):
+    """The record of a VM defined on this host (/machines/<name>)."""
+    path = _machine_path(_check_name(name))
+    if not os.path.exists(path):
+        raise CommandExecutionError(
+            f"VM {name} is not defined on this host ({path} does not exist); "
+            f"create it with salt-run pairvm.create or the pairvm.vms state"
+        )
+    with salt.utils.files.fopen(path, "r") as fh:
+        return _schema("load_record", fh.read())
+
+
+def pillar_record(name):
+    """
+    The record of VM ``name`` as pillar defines it now, with its allocation.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.pillar_record vm1
+    """
+    _check_name(name)
+    pairvm = __pillar__.get("pairvm", {})
+    for error in pairvm.get("errors", []):
+        raise CommandExecutionError(f"pillar pairvm has errors: {error}")
+    settings = _schema("settings", pairvm)
+    definitions = _schema("vms", pairvm)
+    if name not in definitions:
+        raise CommandExecutionError(f"VM {name} is not defined in pillar pairvm:vms")
+    alloc = pairvm.get("allocations", {}).get(name)
+    if not alloc:
+        raise CommandExecutionError(
+            f"VM {name} has no allocation yet (IP, MAC, DRBD port): run "
+            f"`salt-run pairvm.allocate` (the orchestrate does) and refresh pillar"
+        )
+    return _schema("record", name, definitions[name], alloc, settings)
+
+
+# --- runtime queries (one per call) ----------------------------------------
+
+
+@contextlib.contextmanager
+def _libvirt():
     uri = _setting("libvirt_uri", "qemu:///system")
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise CommandExecutionError(f"cannot reach libvirt at {uri}: {exc}") from exc
     try:
-        return {dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        yield conn
     finally:
         conn.close()
 
 
-def _drbd_status():
-    if "drbd.status" not in __salt__:
-        return {}
-    return __salt__["drbd.status"]()
+def _domain(conn, name):
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return None
+
+
+def _libvirt_running():
+    """Names of the running libvirt domains (one query)."""
+    with _libvirt() as conn:
+        return {dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+
+
+def _drbd_status(name=None):
+    return __salt__["drbd.status"](name) if name else __salt__["drbd.status"]()
+
+
+def _lvs():
+    """{"vg/lv": size in MiB} of every LV on this host (one query)."""
+    found = __salt__["lvm.lvdisplay"](quiet=True)
+    return {
+        path[len("/dev/"):]: int(info["Logical Volume Size"]) // 2048
+        for path, info in found.items()
+    }
+
+
+# --- locking and running commands -------------------------------------------
+
+
+@contextlib.contextmanager
+def _lock(name):
+    """Serialize operations on one VM on this host."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    with salt.utils.files.fopen(os.path.join(LOCK_DIR, f"{name}.lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise CommandExecutionError(
+                f"another pairvm operation on {name} is running on this host; try again"
+            ) from exc
+        yield
+
+
+class _Plan:
+    """Steps of an operation: done in order, or only listed with test=True."""
+
+    def __init__(self, name, test):
+        self.name, self.test, self.changes = name, test, []
+
+    def step(self, description, action, *args, **kwargs):
+        self.changes.append(description)
+        if not self.test:
+            return action(*args, **kwargs)
+        return None
+
+    def result(self, comment):
+        if self.test and self.changes:
+            comment = f"would: {comment}"
+        return {"name": self.name, "changes": self.changes, "comment": comment}
+
+
+def _write(path, text, mode=0o644):
+    """Write a file atomically (temporary name, then rename)."""
+    tmp = f"{path}.pairvm-tmp"
+    with salt.utils.files.fopen(tmp, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.rename(tmp, path)
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return None
+    with salt.utils.files.fopen(path, "r") as fh:
+        return fh.read()
+
+
+def _check_lvm(output, expected, what):
+    if expected not in str(output):
+        raise CommandExecutionError(f"{what} failed: {output}")
+
+
+def _vg(record):
+    return record["hosts"][_me()]["vg"]
+
+
+def _drbd_options():
+    return _setting("drbd_options", {}) or {}
+
+
+def drbd_common_config():
+    """
+    The text of /etc/drbd.d/global_common.conf for this pair (used by the states).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.drbd_common_config
+    """
+    return __utils__["pairvm_render.drbd_global_common"](_drbd_options())
+
+
+# --- create / destroy ----------------------------------------------------------
+
+
+def create(name, test=False):
+    """
+    Create VM ``name``'s storage and configuration on this host, from pillar.
+
+    LV ``here/<name>`` on the VM's home host or ``there/<name>`` on the peer,
+    DRBD metadata, ``/etc/drbd.d/<name>.res`` (checked by ``drbdadm``; the
+    pair's ``global_common.conf`` is kept beside it), the
+    resource brought up as Secondary, and ``/machines/<name>``. On the home
+    host a brand-new resource is made the sync source of the initial sync.
+    Running it again changes nothing. On failure what this call created is
+    removed again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.create vm1
+        salt hostA pairvm.create vm1 test=True
+    """
+    record = pillar_record(name)
+    if _me() not in record["hosts"]:
+        raise CommandExecutionError(f"this host ({_me()}) is not one of VM {name}'s pair")
+    with _lock(name):
+        plan = _Plan(name, test)
+        try:
+            _create_steps(plan, record)
+        except Exception:
+            if not test:
+                _rollback(plan, record)
+            raise
+        return plan.result(f"VM {name} is present on {_me()}")
+
+
+def _create_steps(plan, record):
+    name, vg = record["name"], _vg(record)
+    lv = f"{vg}/{name}"
+    lvs = _lvs()
+    new_lv = lv not in lvs
+    if new_lv:
+        size = f"{record['disc_mib']}M"
+        plan.step(f"lvcreate -n {name} {vg} -L {size}", _lvcreate, name, vg, size)
+    elif lvs[lv] < record["disc_mib"]:
+        raise CommandExecutionError(
+            f"LV {lv} is {lvs[lv]} MiB, smaller than VM {name}'s disc ({record['disc_mib']} MiB): "
+            f"grow it with pairvm.resize"
+        )
+    common = os.path.join(DRBD_DIR, "global_common.conf")
+    if _read(common) != drbd_common_config():
+        plan.step(f"write {common}", _write, common, drbd_common_config())
+    res_path = os.path.join(DRBD_DIR, f"{name}.res")
+    res_text = __utils__["pairvm_render.drbd_resource"](record, _drbd_options())
+    if _read(res_path) != res_text:
+        plan.step(f"write {res_path}", _write_resource, res_path, res_text, name)
+    if new_lv:
+        plan.step(f"drbdadm create-md --force {name}", __salt__["drbd.create_md"], name)
+    if not _drbd_status(name):
+        plan.step(f"drbdadm up {name}", __salt__["drbd.up"], name)
+        if new_lv and record["home"] == _me():
+            plan.step(f"drbdadm primary --force {name}", __salt__["drbd.primary"], name, force=True)
+            plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+    machine = _machine_path(name)
+    text = __utils__["pairvm_schema.dump_record"](record)
+    if _read(machine) != text:
+        plan.step(f"write {machine}", _write, machine, text)
+
+
+def _lvcreate(name, vg, size):
+    _check_lvm(__salt__["lvm.lvcreate"](name, vg, size=size)["Output from lvcreate"],
+               "created", f"lvcreate {vg}/{name}")
+
+
+def _write_resource(path, text, name):
+    """Write a resource file and have drbdadm parse it; a rejected file is removed."""
+    old = _read(path)
+    _write(path, text, mode=0o600)
+    try:
+        __salt__["drbd.check_config"]("/etc/drbd.conf")
+    except CommandExecutionError as exc:
+        if old is None:
+            os.unlink(path)
+        else:
+            _write(path, old, mode=0o600)
+        raise CommandExecutionError(f"drbdadm rejected the resource file of {name}: {exc}") from exc
+
+
+def _rollback(plan, record):
+    """Undo what a failed create did, newest first, keeping going on errors."""
+    name, vg = record["name"], _vg(record)
+    undo = {
+        f"drbdadm up {name}": lambda: __salt__["drbd.down"](name),
+        f"write {DRBD_DIR}/{name}.res": lambda: os.unlink(os.path.join(DRBD_DIR, f"{name}.res")),
+        f"lvcreate -n {name} {vg} -L {record['disc_mib']}M": lambda: __salt__["lvm.lvremove"](name, vg),
+        f"write {_machine_path(name)}": lambda: os.unlink(_machine_path(name)),
+    }
+    for change in reversed(plan.changes):
+        if change in undo:
+            try:
+                undo[change]()
+            except Exception as exc:  # noqa: BLE001 - report and go on undoing
+                log.error("pairvm: could not undo %r for %s: %s", change, name, exc)
+
+
+def destroy(name, confirm=False, force=False, test=False):
+    """
+    Remove VM ``name`` from this host: domain, DRBD resource, LV, config.
+
+    The VM's disc on this host is lost: ``confirm=True`` is required. A
+    running VM is refused unless ``force=True`` (it is then powered off).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.destroy vm1 confirm=True
+        salt hostA pairvm.destroy vm1 confirm=True force=True
+    """
+    _check_name(name)
+    if confirm is not True:
+        raise CommandExecutionError(
+            f"destroying VM {name} deletes its disc on this host: pass confirm=True"
+        )
+    with _lock(name):
+        plan = _Plan(name, test)
+        with _libvirt() as conn:
+            dom = _domain(conn, name)
+            if dom is not None and dom.isActive():
+                if not force:
+                    raise CommandExecutionError(f"VM {name} is running here: stop it first, or force=True")
+                plan.step(f"virsh destroy {name}", dom.destroy)
+            if dom is not None:
+                plan.step(f"virsh undefine {name}", dom.undefine)
+        if _drbd_status(name):
+            plan.step(f"drbdadm down {name}", __salt__["drbd.down"], name)
+        res_path = os.path.join(DRBD_DIR, f"{name}.res")
+        if os.path.exists(res_path):
+            plan.step(f"rm {res_path}", os.unlink, res_path)
+        for lv in sorted(lv for lv in _lvs() if lv.split("/")[1] == name and lv.split("/")[0]
+                         in _setting("volume_groups", ["here", "there"])):
+            vg = lv.split("/")[0]
+            plan.step(f"lvremove {lv}", _lvremove, name, vg)
+        for path in (_machine_path(name), os.path.join(SUPPRESS_DIR, name)):
+            if os.path.exists(path):
+                plan.step(f"rm {path}", os.unlink, path)
+        return plan.result(f"VM {name} is absent from {_me()}")
+
+
+def _lvremove(name, vg):
+    _check_lvm(__salt__["lvm.lvremove"](name, vg), "successfully removed", f"lvremove {vg}/{name}")
+
+
+# --- start / stop -----------------------------------------------------------
+
+
+def start(name, away=False, disconnected=False, test=False):
+    """
+    Start VM ``name`` on this host.
+
+    Only on its home host unless ``away=True``. DRBD must be Connected with
+    the local disc UpToDate, unless ``disconnected=True`` (the local disc must
+    still be UpToDate). Promotes DRBD, defines and starts the libvirt domain
+    (disc on /dev/drbdN, NIC on the VM's bridge, VNC on 127.0.0.1, a serial
+    console with a log), then announces the VM's IP with a gratuitous ARP.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.start vm1
+        salt hostB pairvm.start vm1 away=True
+        salt hostA pairvm.start vm1 disconnected=True
+    """
+    record = _machine(name)
+    with _lock(name):
+        plan = _Plan(name, test)
+        with _libvirt() as conn:
+            dom = _domain(conn, name)
+            if dom is not None and dom.isActive():
+                return plan.result(f"VM {name} is already running on {_me()}")
+            _check_may_start(record, away, disconnected)
+            drbd = _drbd_status(name)
+            if drbd.get("role") != "Primary":
+                plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
+            xml = __utils__["pairvm_render.domain_xml"](record, SERIAL_LOG_DIR)
+            if dom is not None:  # redefine with the record's current settings, same UUID
+                xml = xml.replace("</name>", f"</name><uuid>{dom.UUIDString()}</uuid>", 1)
+            plan.step(f"virsh define <domain {name}> && virsh start {name}", _define_and_start, conn, xml)
+        plan.step(f"arping -U -c 1 -I {record['bridge']} {record['ip']}", _announce, record)
+        return plan.result(f"VM {name} is running on {_me()}")
+
+
+def _check_may_start(record, away, disconnected):
+    name = record["name"]
+    if record["home"] != _me() and not away:
+        raise CommandExecutionError(
+            f"VM {name}'s home is {record['home']}, not {_me()}: pass away=True to run it here"
+        )
+    drbd = _drbd_status(name)
+    if not drbd:
+        raise CommandExecutionError(f"DRBD resource {name} is not up on {_me()}: run pairvm.autostart")
+    if drbd.get("split_brain"):
+        raise CommandExecutionError(
+            f"DRBD resource {name} is StandAlone after a split brain: both hosts wrote to the disc. "
+            f"Choose the side whose changes to discard and run `pairvm split_brain_victim {name}` there"
+        )
+    if drbd.get("peer_role") == "Primary":
+        raise CommandExecutionError(f"VM {name}'s disc is Primary on the peer: stop it there first")
+    if drbd.get("disk") != "UpToDate":
+        raise CommandExecutionError(
+            f"VM {name}'s disc on {_me()} is {drbd.get('disk')}, not UpToDate: wait for the sync to finish"
+        )
+    if drbd.get("connection") != "Connected" and not disconnected:
+        raise CommandExecutionError(
+            f"DRBD resource {name} is {drbd.get('connection')}, not Connected: the peer would not "
+            f"receive the VM's writes. Pass disconnected=True to start it anyway"
+        )
+
+
+def _define_and_start(conn, xml):
+    conn.defineXML(xml).create()
+
+
+def _announce(record):
+    """Gratuitous ARP for the VM's IP (the old tool did this after a start or move)."""
+    res = __salt__["cmd.run_all"](
+        ["arping", "-U", "-c", "1", "-w", "2", "-I", record["bridge"], "-s", record["ip"], record["ip"]],
+        python_shell=False, ignore_retcode=True,
+    )
+    if res["retcode"] != 0:
+        log.warning("pairvm: gratuitous ARP for %s failed: %s", record["ip"], res["stderr"].strip())
+
+
+def stop(name, graceful=False, timeout=60, test=False):
+    """
+    Stop VM ``name`` on this host, then demote its DRBD resource to Secondary.
+
+    By default it is powered off at once; ``graceful=True`` sends an ACPI
+    shutdown and waits up to ``timeout`` seconds, then fails (the VM keeps
+    running) if the guest did not stop.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.stop vm1
+        salt hostA pairvm.stop vm1 graceful=True timeout=120
+    """
+    _check_name(name)
+    with _lock(name):
+        plan = _Plan(name, test)
+        with _libvirt() as conn:
+            dom = _domain(conn, name)
+            if dom is not None and dom.isActive():
+                if graceful:
+                    plan.step(f"virsh shutdown {name} (wait {timeout}s)", _shutdown, dom, name, timeout)
+                else:
+                    plan.step(f"virsh destroy {name}", dom.destroy)
+        if _drbd_status(name).get("role") == "Primary":
+            plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+        return plan.result(f"VM {name} is stopped on {_me()}")
+
+
+def _shutdown(dom, name, timeout):
+    dom.shutdown()
+    deadline = time.monotonic() + float(timeout)
+    while time.monotonic() < deadline:
+        if not dom.isActive():
+            return
+        time.sleep(0.5)
+    raise CommandExecutionError(
+        f"VM {name} did not shut down within {timeout}s (is acpid running in the guest?); "
+        f"it is still running: stop it without graceful to power it off"
+    )
+
+
+# --- list ------------------------------------------------------------------------
 
 
 def _row(name, conf, running, drbd, me):
@@ -102,7 +556,7 @@ def _row(name, conf, running, drbd, me):
     return {
         "name": name,
         "memory": conf.get("memory"),
-        "disc": conf.get("disc"),
+        "disc": conf.get("disc_mib", conf.get("disc")),
         "running": name in running,
         "location": "home" if home == me else "away",
         "vnc_display": conf.get("vnc_display"),
@@ -118,11 +572,12 @@ def list_(fields=None):
     List the VMs this host knows, with their runtime state.
 
     Returns ``{"vms": [row, ...], "memory": {...}}``. Each row has name,
-    memory (MiB), disc, running, location (``home`` or ``away`` as seen from
-    this host), VNC display, DRBD connection and disc state, MAC and IP.
+    memory (MiB), disc (MiB), running, location (``home`` or ``away`` as seen
+    from this host), VNC display, DRBD connection and disc state, MAC and IP.
     ``memory`` totals the RAM (MiB) of the VMs homed here, of those homed on
-    the peer, and of those running on this host, with the pair's cap. ``fields`` (a comma-separated list or a
-    list, like the old ``pairvm list param``) keeps only those columns.
+    the peer, and of those running on this host, with the pair's cap.
+    ``fields`` (a comma-separated list or a list, like the old ``pairvm list
+    param``) keeps only those columns.
 
     CLI Example:
 
@@ -133,7 +588,7 @@ def list_(fields=None):
     """
     wanted = _parse_fields(fields)
     machines = _machines()
-    me = _this_host().get("me", __grains__.get("id"))
+    me = _this_host().get("me", _me())
     running = _libvirt_running() if machines else set()
     drbd = _drbd_status() if machines else {}
     rows = [_row(name, conf, running, drbd, me) for name, conf in machines.items()]
@@ -158,6 +613,235 @@ def _parse_fields(fields):
             f"choose from {', '.join(LIST_FIELDS)}"
         )
     return ["name"] + [f for f in fields if f != "name"]
+
+
+# --- running VMs: cdrom, serial, monitor, resize ---------------------------------
+
+
+def cdrom(name, iso=None, eject=False):
+    """
+    Show, insert or eject VM ``name``'s CD, on a running VM without a restart.
+
+    The change lasts until the VM stops; set ``cdrom`` in pillar to keep one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.cdrom vm1
+        salt hostA pairvm.cdrom vm1 iso=/srv/iso/debian.iso
+        salt hostA pairvm.cdrom vm1 eject=True
+    """
+    _machine(name)
+    if iso is not None and (not os.path.isabs(iso) or ".." in iso.split("/")):
+        raise CommandExecutionError(f"cdrom: {iso!r} is not an absolute path without '..'")
+    if iso is not None and not os.path.isfile(iso):
+        raise CommandExecutionError(f"cdrom: {iso} does not exist on {_me()}")
+    with _lock(name), _libvirt() as conn:
+        dom = _domain(conn, name)
+        if dom is None or not dom.isActive():
+            raise CommandExecutionError(f"VM {name} is not running on {_me()}")
+        current = __utils__["pairvm_render.domain_summary"](dom.XMLDesc(0))["cdrom"]
+        if iso is None and not eject:
+            return {"name": name, "cdrom": current, "changes": [], "comment": ""}
+        target = None if eject else iso
+        if target == current:
+            return {"name": name, "cdrom": current, "changes": [], "comment": "already so"}
+        source = f"<source file={quoteattr(target)}/>" if target else ""
+        xml = (f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>{source}"
+               f"<target dev='hdc' bus='ide'/><readonly/></disk>")
+        dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        change = f"virsh change-media {name} hdc " + (f"--insert {target}" if target else "--eject")
+        return {"name": name, "cdrom": target, "changes": [change], "comment": ""}
+
+
+def serial(name, lines=50):
+    """
+    The last ``lines`` lines of VM ``name``'s serial console log on this host.
+
+    (The host command ``pairvm serial NAME`` attaches to the console instead.)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.serial vm1 lines=20
+    """
+    _machine(name)
+    path = os.path.join(SERIAL_LOG_DIR, f"{name}-serial.log")
+    text = _read(path)
+    if text is None:
+        raise CommandExecutionError(f"VM {name} has no serial log on {_me()} ({path}): has it run here?")
+    return "\n".join(text.splitlines()[-int(lines):])
+
+
+def monitor(name, command):
+    """
+    Pass a QEMU monitor (HMP) command to running VM ``name`` through libvirt.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.monitor vm1 'info status'
+    """
+    _machine(name)
+    with _libvirt() as conn:
+        dom = _domain(conn, name)
+        if dom is None or not dom.isActive():
+            raise CommandExecutionError(f"VM {name} is not running on {_me()}")
+        try:
+            return libvirt_qemu.qemuMonitorCommand(
+                dom, str(command), libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+            ).strip()
+        except libvirt.libvirtError as exc:
+            raise CommandExecutionError(f"monitor command failed: {exc}") from exc
+
+
+def resize(name, size, test=False):
+    """
+    Grow VM ``name``'s LV on this host to ``size`` (e.g. ``20G``); never shrink.
+
+    On the VM's home host, DRBD is then told to use the new size (run it on
+    the peer first, or use ``salt-run pairvm.resize`` which does both hosts
+    in order).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostB pairvm.resize vm1 20G
+        salt hostA pairvm.resize vm1 20G
+    """
+    record = _machine(name)
+    new_mib = _schema("parse_size_mib", size)
+    lv = f"{_vg(record)}/{name}"
+    with _lock(name):
+        plan = _Plan(name, test)
+        current = _lvs().get(lv)
+        if current is None:
+            raise CommandExecutionError(f"LV {lv} does not exist on {_me()}")
+        if new_mib < current:
+            raise CommandExecutionError(
+                f"VM {name}'s disc is {current} MiB; shrinking it to {new_mib} MiB would cut off data: "
+                f"pairvm only grows discs"
+            )
+        if new_mib > current:
+            plan.step(f"lvextend -L {new_mib}M /dev/{lv}", _lvextend, lv, new_mib)
+        if record["home"] == _me() and new_mib > _drbd_mib(record):
+            _drbd_resize_steps(plan, name)
+        return plan.result(f"VM {name}'s disc on {_me()} is {new_mib} MiB")
+
+
+def _drbd_resize_steps(plan, name):
+    """DRBD 8.4 resizes only with a Primary: a stopped VM's home is promoted for it."""
+    state = _drbd_status(name)
+    promote = "Primary" not in (state.get("role"), state.get("peer_role"))
+    if promote:
+        plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
+    plan.step(f"drbdadm resize {name}", __salt__["drbd.resize"], name)
+    if promote:
+        plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+
+
+def _lvextend(lv, mib):
+    out = __salt__["lvm.lvextend"](size=f"{mib}M", lvpath=f"/dev/{lv}")
+    _check_lvm(out.get("Output from lvextend"), "successfully extended", f"lvextend {lv}")
+
+
+def _drbd_mib(record):
+    """Size of the DRBD device (what the VM sees), in MiB; 0 when it is not up."""
+    res = __salt__["cmd.run_all"](
+        ["blockdev", "--getsize64", f"/dev/drbd{record['drbd_minor']}"],
+        python_shell=False, ignore_retcode=True,
+    )
+    return int(res["stdout"]) // 2**20 if res["retcode"] == 0 else 0
+
+
+# --- autostart, suppress, ssh forwards ---------------------------------------------
+
+
+def suppress(name, on=True):
+    """
+    Keep VM ``name`` from being started by ``autostart`` on this host (or not).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.suppress vm1
+        salt hostA pairvm.suppress vm1 on=False
+    """
+    _machine(name)
+    path = os.path.join(SUPPRESS_DIR, name)
+    if bool(on) == os.path.exists(path):
+        return {"name": name, "changes": [], "comment": f"suppress is already {'on' if on else 'off'}"}
+    if on:
+        os.makedirs(SUPPRESS_DIR, exist_ok=True)
+        _write(path, "suppressed from autostart by pairvm suppress\n")
+        return {"name": name, "changes": [f"touch {path}"], "comment": "suppressed from autostart"}
+    os.unlink(path)
+    return {"name": name, "changes": [f"rm {path}"], "comment": "autostart allowed again"}
+
+
+def autostart(test=False):
+    """
+    Bring every VM of this host up after a boot.
+
+    DRBD resources of all VMs come up (as Secondary); every VM homed here that
+    should run, is not suppressed (pillar ``suppress`` or ``pairvm.suppress``)
+    and is not running is started. Returns one result per VM.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pairvm.autostart
+    """
+    results = {}
+    machines = _machines()
+    drbd = _drbd_status() if machines else {}
+    running = _libvirt_running() if machines else set()
+    for name, record in machines.items():
+        changes = []
+        if name not in drbd:
+            changes.append(f"drbdadm up {name}")
+            if not test:
+                __salt__["drbd.up"](name)
+        wanted = (record.get("home") == _me() and record.get("state") == "running"
+                  and not record.get("suppress") and not os.path.exists(os.path.join(SUPPRESS_DIR, name)))
+        if wanted and name not in running:
+            try:
+                changes += start(name, test=test)["changes"]
+            except CommandExecutionError as exc:
+                results[name] = {"changes": changes, "comment": f"not started: {exc}"}
+                continue
+        results[name] = {"changes": changes, "comment": "ok"}
+    return results
+
+
+def print_ssh_forwards():
+    """
+    SSH port forwards that reach the VNC consoles of the VMs running here.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.print_ssh_forwards
+    """
+    running = _libvirt_running()
+    me = _this_host()
+    lines = [
+        f"ssh -N -L {5900 + r['vnc_display']}:127.0.0.1:{5900 + r['vnc_display']} "
+        f"root@{me.get('here_ip', _me())}  # {name}"
+        for name, r in _machines().items()
+        if name in running and r.get("vnc_display") is not None
+    ]
+    return "\n".join(lines) if lines else "no VM is running on this host"
+
+
+# --- health check ------------------------------------------------------------------
 
 
 def _check_tools():

@@ -10,8 +10,16 @@ pairvm:
     hostB:
       admin_ip: 10.77.0.12
       replication_ip: 10.78.0.12
+  pool:
+    cidr: 10.79.0.0/24
+    gateway: 10.79.0.1
   bridge: br0
   memory_cap: 2048
   # The lab has no usable KVM: QEMU runs under TCG.
   domain_type: qemu
+  # Fast resync and reconnect on the lab's links.
+  drbd_options:
+    c_plan_ahead: 0
+    resync_rate: 100M
+    connect_int: 2
   vms: {}

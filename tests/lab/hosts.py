@@ -21,6 +21,8 @@ DATA = Path("/var/tmp/pvlab")
 LOOP_NODES = 256
 # libvirtd probes QEMU for 8 s on a cold start; its cache is valid across labs.
 CAPS_CACHE = REPO / ".cache" / "libvirt-capabilities"
+# The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot.
+GUEST = REPO / ".cache" / "guest"
 
 # Paths each host gets privately (bind mounts): what the product uses, and
 # /run, where daemons keep pid files and sockets.
@@ -184,6 +186,11 @@ class LabHost:
         namespaces.create_host_namespaces(self.name, setup_script(self.name, self.root))
 
     def _write_libvirt_config(self):
+        boot = self.root / "var/lib/libvirt/boot"
+        boot.mkdir(parents=True, exist_ok=True)
+        for name in ("vmlinuz", "initrd.img"):
+            if (GUEST / name).exists():
+                shutil.copy(GUEST / name, boot / f"pairvm-guest-{name}")
         etc = self.root / "etc/libvirt"
         (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF)
         (etc / "qemu.conf").write_text(QEMU_CONF)

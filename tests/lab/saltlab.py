@@ -20,6 +20,7 @@ SERVED = {
     "_modules": REPO / "_modules",
     "_states": REPO / "_states",
     "_runners": REPO / "_runners",
+    "_pillar": REPO / "_pillar",
     "_utils": REPO / "_utils",
 }
 
@@ -35,13 +36,14 @@ def file_tree(dest):
     return dest
 
 
-def master_config(root):
+def master_config(root, pillar_root=REPO / "pillar"):
     """Master settings for the lab (root: a directory of the master's own)."""
     return {
         "interface": CONTROL_IP,
         "file_roots": {"base": [str(file_tree(Path(root) / "srv"))]},
-        "pillar_roots": {"base": [str(REPO / "pillar")]},
+        "pillar_roots": {"base": [str(pillar_root)]},
         "auto_accept": True,
+        "ext_pillar": [{"pairvm_registry": {}}],
         "fileserver_followsymlinks": True,
         "timeout": 30,
     }
@@ -58,11 +60,29 @@ class LabSaltMinion(SaltMinion):
         return namespaces.nsenter_argv(self.id) + super().cmdline(*args)
 
 
+TEST_PILLAR_TOP = """base:
+  '*':
+    - pairvm
+    - test_vms
+"""
+
+
+def make_test_pillar_root(root):
+    """A pillar root for the tests: the example pillar plus ``test_vms.sls``,
+    which tests rewrite to define VMs (merged into ``pairvm:vms``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "top.sls").write_text(TEST_PILLAR_TOP)
+    if not (root / "pairvm.sls").exists():
+        (root / "pairvm.sls").symlink_to(REPO / "pillar" / "pairvm.sls")
+    (root / "test_vms.sls").write_text("{}\n")
+    return root
+
+
 def master_factory(salt_factories):
     root = salt_factories.root_dir / "master-srv"
-    return salt_factories.salt_master_daemon(
-        "master", overrides=master_config(root), start_timeout=120
-    )
+    config = master_config(root, pillar_root=make_test_pillar_root(root / "pillar"))
+    return salt_factories.salt_master_daemon("master", overrides=config, start_timeout=120)
 
 
 def minion_factory(master, host):

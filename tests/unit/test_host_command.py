@@ -1,5 +1,14 @@
-"""The host command's presentation (salt/pairvm/files/pairvm)."""
+"""The host command (salt/pairvm/files/pairvm): arguments, the salt-call argv, output, exit codes.
 
+subprocess.run and os.execvp are replaced: nothing here runs salt-call or virsh.
+"""
+
+import json
+import subprocess
+
+import pytest
+
+from salt.utils.args import parse_input
 from tests.unit.conftest import load
 
 cli = load("salt/pairvm/files/pairvm", "pairvm_cli")
@@ -12,6 +21,393 @@ RESULT = {
     }],
     "memory": {"here": 256, "there": 0, "running": 256, "cap": 2048},
 }
+OLD_COMMANDS = (
+    "first_time_setup help create destroy start stop list cdrom image serial backup resize swap "
+    "swaplive split_brain_victim autostart suppress monitor graphite_stats print_ssh_forwards chkconfig"
+).split()
+NOT_YET = ("image", "backup", "swap", "swaplive", "split_brain_victim", "graphite_stats", "chkconfig")
+
+
+class Replaced(Exception):
+    """Stands for os.execvp replacing the process: control never comes back."""
+
+
+@pytest.fixture
+def salt(monkeypatch):
+    """Fake salt-call: set ``salt.result`` / ``salt.stderr`` / ``salt.rc``; ``salt.calls`` has the argvs."""
+
+    class Fake:
+        result, stdout, stderr, rc = {"name": "vm1", "changes": [], "comment": ""}, None, "", 0
+        calls, kwargs, execs = [], [], []
+
+        def run(self, argv, **kwargs):
+            self.calls.append(argv)
+            self.kwargs.append(kwargs)
+            stdout = self.stdout if self.stdout is not None else json.dumps({"local": self.result})
+            return subprocess.CompletedProcess(argv, self.rc, stdout, self.stderr)
+
+        def execvp(self, file, argv):
+            self.execs.append((file, argv))
+            raise Replaced
+
+    fake = Fake()
+    monkeypatch.setattr(cli.subprocess, "run", fake.run)
+    monkeypatch.setattr(cli.os, "execvp", fake.execvp)
+    return fake
+
+
+def call_of(argv):
+    """(function, args after it, --no-parse keys) of one salt-call argv."""
+    cut = argv.index("--")
+    no_parse = [a.split("=", 1)[1].split(",") for a in argv[:cut] if a.startswith("--no-parse=")]
+    return argv[cut + 1], argv[cut + 2:], no_parse[0] if no_parse else []
+
+
+# --- the salt-call argv of every command ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "function", "args"), [
+    (["list"], "pairvm.list", []),
+    (["list", "name,ip"], "pairvm.list", ["fields=name,ip"]),
+    (["check_system"], "pairvm.check_system", []),
+    (["create", "vm1"], "pairvm.create", ["name=vm1"]),
+    (["destroy", "vm1", "--yes-really"], "pairvm.destroy", ["name=vm1", "confirm=True"]),
+    (["destroy", "--force", "vm1", "--yes-really"], "pairvm.destroy",
+     ["name=vm1", "confirm=True", "force=True"]),
+    (["start", "vm1"], "pairvm.start", ["name=vm1"]),
+    (["start", "vm1", "--away"], "pairvm.start", ["name=vm1", "away=True"]),
+    (["start", "vm1", "--disconnected", "--away"], "pairvm.start",
+     ["name=vm1", "away=True", "disconnected=True"]),
+    (["stop", "vm1"], "pairvm.stop", ["name=vm1"]),
+    (["stop", "vm1", "--graceful"], "pairvm.stop", ["name=vm1", "graceful=True"]),
+    (["stop", "vm1", "--graceful", "30"], "pairvm.stop", ["name=vm1", "graceful=True", "timeout=30"]),
+    (["cdrom", "vm1"], "pairvm.cdrom", ["name=vm1"]),
+    (["cdrom", "vm1", "/srv/iso/debian.iso"], "pairvm.cdrom", ["name=vm1", "iso=/srv/iso/debian.iso"]),
+    (["cdrom", "vm1", "eject"], "pairvm.cdrom", ["name=vm1", "eject=True"]),
+    (["serial", "vm1", "--log"], "pairvm.serial", ["name=vm1"]),
+    (["serial", "vm1", "--log", "20"], "pairvm.serial", ["name=vm1", "lines=20"]),
+    (["resize", "vm1", "20G"], "pairvm.resize", ["name=vm1", "size=20G"]),
+    (["suppress", "vm1"], "pairvm.suppress", ["name=vm1", "on=True"]),
+    (["suppress", "vm1", "on"], "pairvm.suppress", ["name=vm1", "on=True"]),
+    (["suppress", "vm1", "off"], "pairvm.suppress", ["name=vm1", "on=False"]),
+    (["autostart"], "pairvm.autostart", []),
+    (["monitor", "vm1", "info status"], "pairvm.monitor", ["name=vm1", "command=info status"]),
+    (["print_ssh_forwards"], "pairvm.print_ssh_forwards", []),
+])
+def test_each_command_builds_its_salt_call(salt, argv, function, args):
+    salt.result = {"name": "vm1", "changes": [], "comment": "", "cdrom": None, **RESULT,
+                   "ok": True, "checks": {}}
+    assert cli.main(argv) == 0
+    (called,) = salt.calls
+    assert call_of(called)[:2] == (function, args)
+
+
+def test_the_whole_argv_is_a_list_for_salt_call_local_with_json_out(salt):
+    cli.main(["start", "vm1", "--away"])
+    assert salt.calls == [[
+        "salt-call", "--local", f"--config-dir={cli.SALT_CONFIG_DIR}", "--out=json",
+        "--retcode-passthrough", "--log-level=quiet", "--no-parse=name",
+        "--", "pairvm.start", "name=vm1", "away=True",
+    ]]
+    assert not salt.kwargs[0].get("shell")
+
+
+@pytest.mark.parametrize(("argv", "strings"), [
+    (["create", "vm1"], ["name"]),
+    (["cdrom", "vm1", "/i.iso"], ["name", "iso"]),
+    (["resize", "vm1", "2G"], ["name", "size"]),
+    (["monitor", "vm1", "info status"], ["name", "command"]),
+    (["list", "name"], ["fields"]),
+    (["stop", "vm1", "--graceful", "9"], ["name"]),
+])
+def test_every_user_string_is_listed_in_no_parse_and_nothing_else(salt, argv, strings):
+    cli.main(argv)
+    assert call_of(salt.calls[0])[2] == strings
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    # YAML would read these names as True/False/None: --no-parse keeps them names.
+    (["start", "on"], {"name": "on"}),
+    (["start", "null"], {"name": "null"}),
+    (["create", "no"], {"name": "no"}),
+    # A value that looks like another kwarg stays inside its own kwarg.
+    (["monitor", "vm1", "confirm=True"], {"name": "vm1", "command": "confirm=True"}),
+    (["monitor", "vm1", "x force=True"], {"name": "vm1", "command": "x force=True"}),
+    (["resize", "vm1", "force=True"], {"name": "vm1", "size": "force=True"}),
+    # Values YAML would turn into other types arrive as the string typed.
+    (["monitor", "vm1", "[1, 2]"], {"name": "vm1", "command": "[1, 2]"}),
+    (["monitor", "vm1", "{a: 1}"], {"name": "vm1", "command": "{a: 1}"}),
+    (["monitor", "vm1", "info # x"], {"name": "vm1", "command": "info # x"}),
+    (["resize", "vm1", "1_000"], {"name": "vm1", "size": "1_000"}),
+    (["cdrom", "vm1", "/iso/a=b #1.iso"], {"name": "vm1", "iso": "/iso/a=b #1.iso"}),
+    # What the script itself builds is typed.
+    (["stop", "vm1", "--graceful", "30"], {"name": "vm1", "graceful": True, "timeout": 30}),
+    (["suppress", "vm1", "off"], {"name": "vm1", "on": False}),
+])
+def test_salt_decodes_the_argv_to_exactly_the_intended_kwargs(salt, argv, expected):
+    """Feed the built argv to Salt's own CLI argument parser (what salt-call does)."""
+    cli.main(argv)
+    _, args, no_parse = call_of(salt.calls[0])
+    positional, kwargs = parse_input(args, condition=False, no_parse=no_parse)
+    assert positional == []
+    assert kwargs == expected
+
+
+def test_a_relative_iso_path_becomes_absolute(salt, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    cli.main(["cdrom", "vm1", "debian.iso"])
+    assert call_of(salt.calls[0])[1] == ["name=vm1", f"iso={tmp_path}/debian.iso"]
+
+
+# --- refused before anything runs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["start", "x;y"], ["start", "vm1;reboot"], ["start", "$(reboot)"], ["start", "`id`"],
+    ["start", "vm 1"], ["start", "vm1|x"], ["start", "../etc"], ["start", ".."], ["start", "a/b"],
+    ["start", "a" * 13], ["start", "VM1"], ["start", "1vm"], ["start", "vm_1"], ["start", "vm1\n"],
+    ["start", "vm1=x"], ["start", "name=vm1"], ["start", ""], ["start", "vmé"],
+    ["start", "-rf"], ["start", "--local"], ["start", "vm1", "--awy"], ["start", "vm1", "--away=1"],
+    ["start"], ["start", "vm1", "vm2"], ["create", "vm1", "confirm=True"], ["create", "vm1", "--force"],
+    ["destroy", "vm1"], ["destroy", "vm1", "--force"], ["destroy", "vm1", "--yes"],
+    ["destroy", "-vm1", "--yes-really"],
+    ["stop", "vm1", "30"], ["stop", "vm1", "--graceful", "0"], ["stop", "vm1", "--graceful", "1e3"],
+    ["stop", "vm1", "--graceful", "-5"], ["stop", "vm1", "--graceful", "99999999"],
+    ["stop", "vm1", "--graceful", "²"], ["stop", "vm1", "--graceful", "3", "4"],
+    ["cdrom", "vm1", "-x.iso"], ["cdrom", "vm1", "--eject"], ["cdrom", "vm1", "a.iso", "b.iso"],
+    ["resize", "vm1"], ["resize", "vm1", "-5G"], ["resize", "vm1", "20G\nforce=True"],
+    ["resize", "vm1", "20G\x00"],
+    ["suppress", "vm1", "maybe"], ["suppress", "vm1", "True"],
+    ["monitor", "vm1"], ["monitor", "vm1", "info", "status"], ["monitor", "vm1", "-x"],
+    ["monitor", "vm1", "info\nquit"],
+    ["serial", "vm1", "5"], ["serial", "vm1", "--log", "x"], ["serial", "vm1", "--log", "0"],
+    ["serial", "x;y"], ["serial", "vm1", "--follow"],
+    ["list", "a", "b"], ["list", "--fields=x"], ["list", "-x"],
+    ["check_system", "vm1"], ["autostart", "vm1"], ["print_ssh_forwards", "x"],
+    ["first_time_setup", "now"], ["help", "frobnicate"], ["help", "a", "b"],
+    [], ["frobnicate"], ["--local"], *([c, "vm1"] for c in NOT_YET),
+])
+def test_bad_arguments_exit_2_before_anything_runs(salt, capsys, argv):
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert salt.calls == [] and salt.execs == []
+    assert out == ""
+    assert err.startswith(("pairvm: ", "usage: pairvm"))
+
+
+@pytest.mark.parametrize("bad", ["x;y", "../vm", "a" * 13, "Vm1", "vm1 && reboot"])
+def test_an_invalid_name_is_named_in_the_error(salt, capsys, bad):
+    assert cli.main(["start", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pairvm: invalid VM name {bad!r}: must be 1 to 12 characters")
+    assert "usage: pairvm start NAME [--away] [--disconnected]" in err
+
+
+def test_a_value_starting_with_dash_is_an_unknown_option(salt, capsys):
+    assert cli.main(["resize", "vm1", "-5G"]) == 2
+    assert capsys.readouterr().err.startswith("pairvm: unknown option '-5G'")
+
+
+def test_salt_argv_refuses_dash_and_control_characters_whatever_the_caller():
+    with pytest.raises(cli.Usage):
+        cli.salt_argv("pairvm.resize", {"name": "vm1", "size": "-5G"})
+    with pytest.raises(cli.Usage):
+        cli.salt_argv("pairvm.monitor", {"name": "vm1", "command": "info\rquit"})
+
+
+def test_destroy_without_confirmation_says_what_would_be_lost(salt, capsys):
+    assert cli.main(["destroy", "vm1", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert salt.calls == []
+    assert "vm1" in err and "THIS host" in err and "disc" in err and "cannot be undone" in err
+    assert "pairvm destroy vm1 --yes-really" in err
+
+
+@pytest.mark.parametrize("command", NOT_YET)
+def test_commands_of_later_versions_are_not_pretended(salt, capsys, command):
+    assert cli.main([command]) == 2
+    assert salt.calls == []
+    assert f"pairvm: {command} (" in capsys.readouterr().err
+    assert cli.main(["help", command]) == 0
+    assert "not available yet in this version" in capsys.readouterr().out
+
+
+def test_unknown_command_is_refused_with_its_name(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'frobnicate'" in err and "usage: pairvm COMMAND" in err
+
+
+# --- serial: the console is virsh's ---------------------------------------------------------
+
+
+def test_serial_execs_virsh_console_after_saying_how_to_leave(salt, capsys):
+    with pytest.raises(Replaced):
+        cli.main(["serial", "vm1"])
+    assert salt.execs == [("virsh", ["virsh", "console", "vm1"])]
+    assert salt.calls == []
+    assert capsys.readouterr().out == "Connected to vm1's serial console; press Ctrl+] to leave.\n"
+
+
+def test_serial_without_virsh_exits_1(salt, monkeypatch, capsys):
+    def missing(file, argv):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(cli.os, "execvp", missing)
+    assert cli.main(["serial", "vm1"]) == 1
+    assert capsys.readouterr().err == "pairvm: cannot run virsh: No such file or directory\n"
+
+
+def test_serial_log_prints_the_lines_as_they_are(salt, capsys):
+    salt.result = "boot: ok\nlogin: \n"
+    assert cli.main(["serial", "vm1", "--log", "2"]) == 0
+    assert salt.execs == []
+    assert capsys.readouterr().out == "boot: ok\nlogin: \n"
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command_of_the_old_tool(capsys):
+    assert cli.main(["help"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    assert set(OLD_COMMANDS) | {"check_system"} <= listed
+    later = out.split("not yet available in this version:")[1]
+    assert all(f"  {c} " in later for c in NOT_YET)
+    assert not any(f"  {c} " in later for c in cli.COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help_explains_each_command(capsys, command):
+    assert cli.main(["help", command]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pairvm {command}") and len(out.splitlines()) >= 3
+    assert cli.main([command, "--help"]) == 0
+    assert capsys.readouterr().out == out
+
+
+def test_help_options(capsys):
+    assert cli.main(["--help"]) == 0
+    assert cli.main(["-h", "list"]) == 0
+    assert capsys.readouterr().out.split("\n\n")[-1].startswith("List this host's VMs")
+    assert cli.main(["help", "list"]) == 0
+    assert capsys.readouterr().out.startswith("usage: pairvm list [FIELD,...]")
+
+
+def test_no_command_prints_usage_to_stderr(capsys):
+    assert cli.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("usage: pairvm COMMAND")
+
+
+def test_first_time_setup_points_at_the_host_state(salt, capsys, monkeypatch, tmp_path):
+    (tmp_path / "minion_id").write_text("hostA\n")
+    monkeypatch.setattr(cli, "SALT_CONFIG_DIR", str(tmp_path))
+    assert cli.main(["first_time_setup"]) == 0
+    assert "salt hostA state.apply pairvm.host" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "SALT_CONFIG_DIR", str(tmp_path / "none"))
+    assert cli.main(["first_time_setup"]) == 0
+    assert "salt HOST state.apply pairvm.host" in capsys.readouterr().out
+    assert salt.calls == []
+
+
+# --- errors and exit codes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stderr", "message"), [
+    ("Error running 'pairvm.start': vm1 runs on hostB; stop it there first\n",
+     "vm1 runs on hostB; stop it there first"),
+    ("some warning\nError running 'pairvm.start': line one\nline two\n", "line one\nline two"),
+    ("\nPassed invalid arguments: invalid VM name 'x'.\n\nUsage:\n", "invalid VM name 'x'"),
+    ("\nPassed invalid arguments: Say so...\n\nUsage:\nThe docstring\n", "Say so.."),
+    ("Traceback (most recent call last):\n  File x\nValueError: oops\n",
+     "pairvm.start crashed: ValueError: oops"),
+    ("x.py:35: DeprecationWarning: 'crypt' is deprecated\n  import crypt\n'pairvm.start' is not available.\n",
+     "'pairvm.start' is not available. Are the formula's modules synced (salt HOST saltutil.sync_all)?"),
+    ("", "pairvm.start failed and said nothing"),
+])
+def test_a_function_error_exits_1_with_its_clean_message(salt, capsys, stderr, message):
+    salt.stdout, salt.stderr, salt.rc = "", stderr, 1
+    assert cli.main(["start", "vm1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"pairvm: {message}\n"
+
+
+def test_an_error_string_in_json_exits_1(salt, capsys):
+    salt.result, salt.rc = "something went wrong", 1
+    assert cli.main(["start", "vm1"]) == 1
+    assert capsys.readouterr().err == "pairvm: something went wrong\n"
+
+
+def test_missing_salt_call_exits_1(monkeypatch, capsys):
+    def missing(argv, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(cli.subprocess, "run", missing)
+    assert cli.main(["list"]) == 1
+    assert capsys.readouterr().err == "pairvm: cannot run salt-call: No such file or directory\n"
+
+
+def test_a_failed_check_prints_the_report_and_exits_1(salt, capsys):
+    salt.result, salt.rc = {"ok": False, "checks": {"bridge": {"ok": False, "detail": "no br0"}}}, 1
+    assert cli.main(["check_system"]) == 1
+    assert "FAIL  bridge" in capsys.readouterr().out
+
+
+def test_an_unexpected_result_is_shown_raw(salt, capsys):
+    salt.result = True
+    assert cli.main(["start", "vm1"]) == 0
+    assert capsys.readouterr().out == "true\n"
+
+
+# --- formatters ------------------------------------------------------------------------------
+
+
+def test_changes_are_printed_one_a_line_then_the_comment(salt, capsys):
+    salt.result = {"name": "vm1", "changes": ["drbdadm primary vm1", "virsh start vm1"],
+                   "comment": "vm1 started"}
+    assert cli.main(["start", "vm1"]) == 0
+    assert capsys.readouterr().out == "  drbdadm primary vm1\n  virsh start vm1\nvm1 started\n"
+
+
+def test_no_changes_says_nothing_to_do(salt, capsys):
+    salt.result = {"name": "vm1", "changes": [], "comment": "vm1 is already running"}
+    assert cli.main(["start", "vm1"]) == 0
+    assert capsys.readouterr().out == "vm1: nothing to do (vm1 is already running)\n"
+    assert cli.format_changes({"name": "vm1", "changes": [], "comment": ""}) == "vm1: nothing to do"
+
+
+def test_cdrom_shows_the_image_or_none(salt, capsys):
+    salt.result = {"name": "vm1", "cdrom": "/srv/iso/d.iso", "changes": []}
+    assert cli.main(["cdrom", "vm1"]) == 0
+    assert capsys.readouterr().out == "vm1: cdrom /srv/iso/d.iso\n"
+    salt.result = {"name": "vm1", "cdrom": None, "changes": ["virsh change-media vm1 hdc --eject"]}
+    assert cli.main(["cdrom", "vm1", "eject"]) == 0
+    assert capsys.readouterr().out == "  virsh change-media vm1 hdc --eject\nvm1: no cdrom\n"
+
+
+def test_autostart_reports_each_vm(salt, capsys):
+    salt.result = {
+        "vm1": {"changes": ["drbdadm up vm1", "virsh start vm1"], "comment": "ok"},
+        "vm2": {"changes": [], "comment": "ok"},
+        "vm3": {"changes": ["drbdadm up vm3"], "comment": "not started: vm3 is running on hostB"},
+    }
+    assert cli.main(["autostart"]) == 0
+    assert capsys.readouterr().out == (
+        "vm1: ok\n  drbdadm up vm1\n  virsh start vm1\nvm2: nothing to do (ok)\n"
+        "vm3: not started: vm3 is running on hostB\n  drbdadm up vm3\n"
+    )
+    assert cli.format_autostart({}) == "autostart: no VMs on this host"
+    assert cli.format_autostart({"name": "x", "changes": [], "comment": "c"}) == "x: nothing to do (c)"
+
+
+@pytest.mark.parametrize("argv", [["monitor", "vm1", "info status"], ["print_ssh_forwards"]])
+def test_text_results_are_printed_as_they_are(salt, capsys, argv):
+    salt.result = "VM status: running\n-L 5903:127.0.0.1:5903"
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == "VM status: running\n-L 5903:127.0.0.1:5903\n"
 
 
 def test_list_table_aligns_columns_and_ends_with_ram_totals():
@@ -32,18 +428,6 @@ def test_empty_list_says_so():
     result = {"vms": [], "memory": {"here": 0, "there": 0, "running": 0, "cap": 0}}
     out = cli.format_list(result)
     assert "(no VMs on this host)" in out and out.endswith("cap: none")
-
-
-def test_help_lists_commands_and_explains_one(capsys):
-    assert cli.main(["help"]) == 0
-    assert "check_system" in capsys.readouterr().out
-    assert cli.main(["help", "list"]) == 0
-    assert capsys.readouterr().out.startswith("usage: pairvm list [FIELD,...]")
-
-
-def test_unknown_command_is_refused_with_its_name(capsys):
-    assert cli.main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
 def test_check_report_marks_failures():

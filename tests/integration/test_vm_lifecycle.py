@@ -1,0 +1,256 @@
+"""The VM lifecycle across the pair, from the master, as an operator runs it."""
+
+import json
+import time
+
+import pytest
+
+import salt.utils.yaml
+
+GUEST_BOOT = {
+    "kernel": "/var/lib/libvirt/boot/pairvm-guest-vmlinuz",
+    "initrd": "/var/lib/libvirt/boot/pairvm-guest-initrd.img",
+    "cmdline": "console=ttyS0",
+}
+MARKER = "PAIRVM-GUEST-READY"
+HOSTS = ("hostA", "hostB")
+
+
+def hv(name):
+    return {**GUEST_BOOT, "cmdline": f"console=ttyS0 pairvm.hostname={name}"}
+
+
+def wait_for(check, what, timeout=60, interval=0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def serial_log(host, name):
+    return host.run(["cat", f"/var/log/libvirt/qemu/{name}-serial.log"], check=False).stdout
+
+
+def boots(host, name):
+    """How many times the guest reached its marker (the serial log is appended to)."""
+    return serial_log(host, name).count(MARKER)
+
+
+def start_and_wait(salt_cli, host, name, *args):
+    """Start a VM with pairvm.start and wait for this boot's marker."""
+    before = boots(host, name)
+    ret = salt_cli.run("pairvm.start", name, *args, minion_tgt=host.name)
+    assert ret.returncode == 0, ret
+    wait_for(lambda: boots(host, name) > before, f"{name} to boot on {host.name}", timeout=90)
+    return ret
+
+
+def drbd(salt_cli, host, name):
+    return salt_cli.run("drbd.status", name, minion_tgt=host).data
+
+
+def in_sync(salt_cli, name):
+    states = [drbd(salt_cli, h, name) for h in HOSTS]
+    return all(s.get("connection") == "Connected" and s.get("disk") == "UpToDate"
+               and s.get("peer_disk") == "UpToDate" for s in states)
+
+
+def footprint(lab, name):
+    """What exists of VM name on each host: LVs, resource file, /machines file, domain."""
+    found = {}
+    for host_name in HOSTS:
+        host = lab.hosts[host_name]
+        lvs = json.loads(host.run(["lvs", "--reportformat", "json", "-o", "lv_name,vg_name"]).stdout)
+        found[host_name] = {
+            "lvs": sorted(f"{r['vg_name']}/{r['lv_name']}" for r in lvs["report"][0]["lv"]
+                          if r["lv_name"] == name),
+            "res": host.run(["test", "-e", f"/etc/drbd.d/{name}.res"], check=False).returncode == 0,
+            "machine": host.run(["test", "-e", f"/machines/{name}"], check=False).returncode == 0,
+            "domain": host.run(["virsh", "dominfo", name], check=False).returncode == 0,
+        }
+    return found
+
+
+NOTHING = {h: {"lvs": [], "res": False, "machine": False, "domain": False} for h in HOSTS}
+
+
+@pytest.fixture(scope="module")
+def pillar_vms(salt_master):
+    """Write test_vms.sls (VMs defined in pillar) and refresh the minions' pillar."""
+    path = salt_master.config["pillar_roots"]["base"][0] + "/test_vms.sls"
+
+    def write(vms):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(salt.utils.yaml.safe_dump({"pairvm": {"vms": vms}} if vms else {}))
+
+    yield write
+    write({})
+
+
+@pytest.fixture(scope="module")
+def pvm1(salt_run_cli, salt_cli, lab):
+    """A VM created from the CLI with the runner, homed on hostA."""
+    ret = salt_run_cli.run("pairvm.create", "pvm1", "hostA", "128", "64M",
+                           f"hypervisor_options={json.dumps(hv('pvm1'))}")
+    assert ret.returncode == 0, ret
+    wait_for(lambda: in_sync(salt_cli, "pvm1"), "pvm1 in sync")
+    yield "pvm1"
+    salt_run_cli.run("pairvm.destroy", "pvm1", "confirm=True", "force=True")
+
+
+def test_runner_create_builds_both_hosts(pvm1, lab, salt_cli):
+    assert footprint(lab, "pvm1") == {
+        "hostA": {"lvs": ["here/pvm1"], "res": True, "machine": True, "domain": False},
+        "hostB": {"lvs": ["there/pvm1"], "res": True, "machine": True, "domain": False},
+    }
+    a, b = (lab.hosts[h].run(["cat", "/machines/pvm1"]).stdout for h in HOSTS)
+    assert a == b
+    for host in HOSTS:
+        res = lab.hosts[host].run(["drbdadm", "dump", "pvm1"])
+        assert "10.78.0.11" in res.stdout and "10.78.0.12" in res.stdout
+
+
+def test_start_boots_the_guest_on_its_home_host(pvm1, lab, salt_cli):
+    host = lab.hosts["hostA"]
+    start_and_wait(salt_cli, host, "pvm1")
+    assert "hostname: pvm1" in serial_log(host, "pvm1")
+    listen = host.run(["ss", "-ltnH"]).stdout
+    vnc = [ln.split()[3] for ln in listen.splitlines() if ":59" in ln.split()[3]]
+    assert vnc and all(addr.startswith("127.0.0.1:") for addr in vnc), listen
+    assert drbd(salt_cli, "hostA", "pvm1")["role"] == "Primary"
+
+
+def test_start_on_the_away_host_needs_away(pvm1, lab, salt_cli):
+    salt_cli.run("pairvm.stop", "pvm1", minion_tgt="hostA")
+    refused = salt_cli.run("pairvm.start", "pvm1", minion_tgt="hostB")
+    assert refused.returncode != 0
+    assert "home is hostA" in str(refused.data)
+    start_and_wait(salt_cli, lab.hosts["hostB"], "pvm1", "away=True")
+    rows = salt_cli.run("pairvm.list", minion_tgt="hostB").data["vms"]
+    assert [(r["name"], r["running"], r["location"]) for r in rows] == [("pvm1", True, "away")]
+    assert salt_cli.run("pairvm.stop", "pvm1", minion_tgt="hostB").returncode == 0
+    assert drbd(salt_cli, "hostB", "pvm1")["role"] == "Secondary"
+
+
+def test_a_guest_reboot_stops_the_vm(pvm1, lab, salt_cli):
+    host = lab.hosts["hostA"]
+    start_and_wait(salt_cli, host, "pvm1")
+    # Type `reboot` on the guest's serial console, through its pty as `virsh
+    # console` does (raw mode; QEMU reads a pty only while a client holds it
+    # open). Bytes sent while the guest is still settling can be dropped, so
+    # it is typed again until the domain stops.
+    tty = host.run(["virsh", "ttyconsole", "pvm1"]).stdout.strip()
+    typing = ('exec 3<>"$1"; stty raw -echo <&3; i=0; while [ $i -lt 15 ]; do '
+              'printf "\\nreboot\\n" >&3; sleep 2; virsh domstate pvm1 | grep -q "shut off" && exit 0; '
+              'i=$((i+1)); done; exit 1')
+    typed = host.run(["sh", "-c", typing, "sh", tty], check=False, timeout=60)
+    assert typed.returncode == 0, serial_log(host, "pvm1")[-600:]
+    assert "echo: reboot" in serial_log(host, "pvm1")
+    assert salt_cli.run("pairvm.stop", "pvm1", minion_tgt="hostA").returncode == 0
+
+
+def test_cdrom_insert_and_eject_on_a_running_vm(pvm1, lab, salt_cli):
+    host = lab.hosts["hostA"]
+    host.run(["sh", "-c", "mkdir -p /var/lib/libvirt/iso/src && echo hi > /var/lib/libvirt/iso/src/x && "
+                          "genisoimage -quiet -o /var/lib/libvirt/iso/t.iso /var/lib/libvirt/iso/src"])
+    assert salt_cli.run("pairvm.start", "pvm1", minion_tgt="hostA").returncode == 0
+    try:
+        ins = salt_cli.run("pairvm.cdrom", "pvm1", "iso=/var/lib/libvirt/iso/t.iso", minion_tgt="hostA")
+        assert ins.returncode == 0, ins
+        shown = salt_cli.run("pairvm.cdrom", "pvm1", minion_tgt="hostA").data
+        assert shown["cdrom"] == "/var/lib/libvirt/iso/t.iso"
+        blk = host.run(["virsh", "domblklist", "pvm1"]).stdout
+        assert "/var/lib/libvirt/iso/t.iso" in blk
+        ej = salt_cli.run("pairvm.cdrom", "pvm1", "eject=True", minion_tgt="hostA")
+        assert ej.returncode == 0 and ej.data["cdrom"] is None
+        assert "t.iso" not in host.run(["virsh", "domblklist", "pvm1"]).stdout
+    finally:
+        salt_cli.run("pairvm.stop", "pvm1", minion_tgt="hostA")
+
+
+def test_resize_grows_the_disc_on_both_hosts(pvm1, lab, salt_cli, salt_run_cli):
+    ret = salt_run_cli.run("pairvm.resize", "pvm1", "96M")
+    assert ret.returncode == 0, ret
+    for host, vg in (("hostA", "here"), ("hostB", "there")):
+        size = lab.hosts[host].run(["blockdev", "--getsize64", f"/dev/{vg}/pvm1"]).stdout
+        assert int(size) == 96 * 2**20
+    shrink = salt_cli.run("pairvm.resize", "pvm1", "32M", minion_tgt="hostA")
+    assert shrink.returncode != 0 and "only grows" in str(shrink.data)
+
+
+def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
+        pvm1, pillar_vms, salt_run_cli, salt_cli, lab):
+    pillar_vms({"pvm2": {"home": "hostB", "memory": 128, "disc": "64M", "hypervisor_options": hv("pvm2")}})
+    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.apply")
+    assert ret.returncode == 0, ret
+    host = lab.hosts["hostB"]
+    wait_for(lambda: boots(host, "pvm2") > 0, "pvm2 marker on hostB", timeout=90)
+    wait_for(lambda: in_sync(salt_cli, "pvm2"), "pvm2 in sync")
+    for view in HOSTS:
+        rows = {r["name"]: r for r in salt_cli.run("pairvm.list", minion_tgt=view).data["vms"]}
+        assert set(rows) == {"pvm1", "pvm2"}
+        assert rows["pvm2"]["drbd_connection"] == "Connected" and rows["pvm2"]["drbd_disk"] == "UpToDate"
+    again = salt_cli.run("state.apply", "pairvm.vms", minion_tgt="*")
+    for states in again.data.values():
+        assert not [k for k, s in states.items() if s["changes"]], states
+    host.run(["virsh", "destroy", "pvm2"])
+    pending = salt_cli.run("state.apply", "pairvm.vms", "test=True", minion_tgt="hostB").data
+    changes = {k.split("_|-")[1]: s["changes"] for k, s in pending.items() if s["changes"]}
+    assert changes == {"pairvm-vms-pvm2-running": {"commands": [
+        "virsh define <domain pvm2> && virsh start pvm2",
+        "arping -U -c 1 -I br0 " + changes["pairvm-vms-pvm2-running"]["commands"][1].split()[-1],
+    ]}}
+    pillar_vms({})
+    assert salt_run_cli.run("pairvm.destroy", "pvm2", "confirm=True", "force=True").returncode == 0
+    assert footprint(lab, "pvm2") == NOTHING
+
+
+@pytest.mark.parametrize("args, why", [
+    (["bad;name", "hostA", "128", "64M"], "1 to 12 characters"),
+    (["../etc", "hostA", "128", "64M"], "1 to 12 characters"),
+    (["waytoolongname1", "hostA", "128", "64M"], "1 to 12 characters"),
+    (["pvm3", "hostC", "128", "64M"], "hostC"),
+    (["pvm3", "hostA", "lots", "64M"], "memory"),
+    (["pvm3", "hostA", "128", "64Q"], "disc"),
+    (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], "ip"),
+    (["pvm3", "hostA", "4096", "64M"], "over the cap of 2048 MiB"),
+])
+def test_bad_input_is_refused_and_nothing_is_created(pvm1, salt_run_cli, lab, args, why):
+    before = footprint(lab, "pvm3")
+    ret = salt_run_cli.run("pairvm.create", *args)
+    assert ret.returncode != 0
+    assert why in str(ret.data) or why in ret.stdout, ret
+    assert footprint(lab, "pvm3") == before == NOTHING
+
+
+def test_an_ip_already_taken_is_refused(pvm1, salt_run_cli, salt_cli, lab):
+    taken = salt_cli.run("pairvm.list", minion_tgt="hostA").data["vms"][0]["ip"]
+    ret = salt_run_cli.run("pairvm.create", "pvm3", "hostB", "128", "64M", f"ip={taken}")
+    assert ret.returncode != 0 and "pvm1" in str(ret.data)
+    assert footprint(lab, "pvm3") == NOTHING
+
+
+def test_runner_list_merges_both_hosts(pvm1, salt_run_cli):
+    rows = salt_run_cli.run("pairvm.list").data["vms"]
+    assert [(r["name"], r["disagreements"]) for r in rows] == [("pvm1", [])]
+    assert set(rows[0]["drbd"]) == set(HOSTS)
+
+
+def test_destroy_removes_everything_and_frees_the_allocation(salt_run_cli, salt_cli, lab):
+    ret = salt_run_cli.run("pairvm.create", "pvm4", "hostB", "128", "64M")
+    assert ret.returncode == 0, ret
+    ip = salt_cli.run("pairvm.list", "fields=ip", minion_tgt="hostB").data["vms"]
+    ip = {r["name"]: r["ip"] for r in ip}["pvm4"]
+    refused = salt_run_cli.run("pairvm.destroy", "pvm4")
+    assert refused.returncode != 0 and "confirm=True" in str(refused.data)
+    assert salt_run_cli.run("pairvm.destroy", "pvm4", "confirm=True").returncode == 0
+    assert footprint(lab, "pvm4") == NOTHING
+    again = salt_run_cli.run("pairvm.create", "pvm5", "hostB", "128", "64M")
+    assert again.returncode == 0, again
+    rows = salt_cli.run("pairvm.list", "fields=ip", minion_tgt="hostB").data["vms"]
+    assert {r["name"]: r["ip"] for r in rows}["pvm5"] == ip
+    assert salt_run_cli.run("pairvm.destroy", "pvm5", "confirm=True").returncode == 0
