@@ -136,11 +136,12 @@ def pillar_record(name):
         salt hostA pairvm.pillar_record vm1
     """
     _check_name(name)
+    if __pillar__.get("_errors"):
+        raise CommandExecutionError(
+            "the master could not render this host's pillar: " + "; ".join(map(str, __pillar__["_errors"]))
+        )
     pairvm = __pillar__.get("pairvm", {})
-    for error in pairvm.get("errors", []):
-        raise CommandExecutionError(f"pillar pairvm has errors: {error}")
-    settings = _schema("settings", pairvm)
-    definitions = _schema("vms", pairvm)
+    settings, definitions = _validated_pillar(pairvm)
     if name not in definitions:
         raise CommandExecutionError(f"VM {name} is not defined in pillar pairvm:vms")
     alloc = pairvm.get("allocations", {}).get(name)
@@ -152,7 +153,29 @@ def pillar_record(name):
     return _schema("record", name, definitions[name], alloc, settings)
 
 
-# --- runtime queries (one per call) ----------------------------------------
+def _validated_pillar(pairvm):
+    """(settings, definitions) of pillar ``pairvm``, validated once per job."""
+    key = salt.utils.json.dumps(pairvm, sort_keys=True, default=str)
+    cache = __context__.setdefault("pairvm.pillar", {})
+    if key not in cache:
+        cache.clear()
+        cache[key] = (_schema("settings", pairvm), _schema("vms", pairvm))
+    return cache[key]
+
+
+# --- runtime queries (one per job, as Salt's pkg module does) ----------------
+
+
+def _cached(key, query):
+    """Query LVM or DRBD once per job; what pairvm itself changes clears it."""
+    cache = __context__.setdefault("pairvm.runtime", {})
+    if key not in cache:
+        cache[key] = query()
+    return cache[key]
+
+
+def _forget_runtime():
+    __context__.pop("pairvm.runtime", None)
 
 
 @contextlib.contextmanager
@@ -182,12 +205,14 @@ def _libvirt_running():
 
 
 def _drbd_status(name=None):
-    return __salt__["drbd.status"](name) if name else __salt__["drbd.status"]()
+    """DRBD state of all resources ({} for one that is down), or of one."""
+    status = _cached("drbd", __salt__["drbd.status"])
+    return status.get(name, {}) if name else status
 
 
 def _lvs():
     """{"vg/lv": size in MiB} of every LV on this host (one query)."""
-    found = __salt__["lvm.lvdisplay"](quiet=True)
+    found = _cached("lvs", lambda: __salt__["lvm.lvdisplay"](quiet=True))
     return {
         path[len("/dev/"):]: int(info["Logical Volume Size"]) // 2048
         for path, info in found.items()
@@ -216,12 +241,16 @@ class _Plan:
 
     def __init__(self, name, test):
         self.name, self.test, self.changes = name, test, []
+        self.saved = {}  # what a failure must put back
 
     def step(self, description, action, *args, **kwargs):
         self.changes.append(description)
-        if not self.test:
+        if self.test:
+            return None
+        try:
             return action(*args, **kwargs)
-        return None
+        finally:
+            _forget_runtime()
 
     def result(self, comment):
         if self.test and self.changes:
@@ -325,7 +354,8 @@ def _create_steps(plan, record):
         plan.step(f"write {common}", _write, common, drbd_common_config())
     res_path = os.path.join(DRBD_DIR, f"{name}.res")
     res_text = __utils__["pairvm_render.drbd_resource"](record, _drbd_options())
-    if _read(res_path) != res_text:
+    plan.saved["res"] = _read(res_path)
+    if plan.saved["res"] != res_text:
         plan.step(f"write {res_path}", _write_resource, res_path, res_text, name)
     if new_lv:
         plan.step(f"drbdadm create-md --force {name}", __salt__["drbd.create_md"], name)
@@ -352,19 +382,18 @@ def _write_resource(path, text, name):
     try:
         __salt__["drbd.check_config"]("/etc/drbd.conf")
     except CommandExecutionError as exc:
-        if old is None:
-            os.unlink(path)
-        else:
-            _write(path, old, mode=0o600)
+        _restore(path, old, 0o600)
         raise CommandExecutionError(f"drbdadm rejected the resource file of {name}: {exc}") from exc
 
 
 def _rollback(plan, record):
     """Undo what a failed create did, newest first, keeping going on errors."""
     name, vg = record["name"], _vg(record)
+    res_path = os.path.join(DRBD_DIR, f"{name}.res")
+    previous = plan.saved.get("res")
     undo = {
         f"drbdadm up {name}": lambda: __salt__["drbd.down"](name),
-        f"write {DRBD_DIR}/{name}.res": lambda: os.unlink(os.path.join(DRBD_DIR, f"{name}.res")),
+        f"write {res_path}": lambda: _restore(res_path, previous, 0o600),
         f"lvcreate -n {name} {vg} -L {record['disc_mib']}M": lambda: __salt__["lvm.lvremove"](name, vg),
         f"write {_machine_path(name)}": lambda: os.unlink(_machine_path(name)),
     }
@@ -374,6 +403,14 @@ def _rollback(plan, record):
                 undo[change]()
             except Exception as exc:  # noqa: BLE001 - report and go on undoing
                 log.error("pairvm: could not undo %r for %s: %s", change, name, exc)
+
+
+def _restore(path, previous, mode):
+    """Put a file back as it was before (absent if it did not exist)."""
+    if previous is not None:
+        _write(path, previous, mode=mode)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def destroy(name, confirm=False, force=False, test=False):
@@ -453,13 +490,18 @@ def start(name, away=False, disconnected=False, test=False):
             if dom is not None and dom.isActive():
                 return plan.result(f"VM {name} is already running on {_me()}")
             _check_may_start(record, away, disconnected)
-            drbd = _drbd_status(name)
-            if drbd.get("role") != "Primary":
+            promote = _drbd_status(name).get("role") != "Primary"
+            if promote:
                 plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
             xml = __utils__["pairvm_render.domain_xml"](record, SERIAL_LOG_DIR)
             if dom is not None:  # redefine with the record's current settings, same UUID
                 xml = xml.replace("</name>", f"</name><uuid>{dom.UUIDString()}</uuid>", 1)
-            plan.step(f"virsh define <domain {name}> && virsh start {name}", _define_and_start, conn, xml)
+            try:
+                plan.step(f"virsh define <domain {name}> && virsh start {name}", _define_and_start, conn, xml)
+            except libvirt.libvirtError as exc:
+                if promote:
+                    __salt__["drbd.secondary"](name)
+                raise CommandExecutionError(f"libvirt could not start VM {name}: {exc}") from exc
         plan.step(f"arping -U -c 1 -I {record['bridge']} {record['ip']}", _announce, record)
         return plan.result(f"VM {name} is running on {_me()}")
 
@@ -668,11 +710,17 @@ def serial(name, lines=50):
         salt hostA pairvm.serial vm1 lines=20
     """
     _machine(name)
+    try:
+        lines = int(lines)
+    except (TypeError, ValueError):
+        lines = 0
+    if lines < 1:
+        raise CommandExecutionError("serial: lines must be a whole number of 1 or more")
     path = os.path.join(SERIAL_LOG_DIR, f"{name}-serial.log")
     text = _read(path)
     if text is None:
         raise CommandExecutionError(f"VM {name} has no serial log on {_me()} ({path}): has it run here?")
-    return "\n".join(text.splitlines()[-int(lines):])
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def monitor(name, command):
@@ -726,9 +774,15 @@ def resize(name, size, test=False):
                 f"VM {name}'s disc is {current} MiB; shrinking it to {new_mib} MiB would cut off data: "
                 f"pairvm only grows discs"
             )
+        if not _drbd_status(name):
+            # DRBD 8.4 keeps its metadata at the end of the LV: it must be
+            # attached while the LV grows, to move the metadata along.
+            raise CommandExecutionError(
+                f"DRBD resource {name} is not up on {_me()}: bring it up (pairvm autostart) before resizing"
+            )
         if new_mib > current:
             plan.step(f"lvextend -L {new_mib}M /dev/{lv}", _lvextend, lv, new_mib)
-        if record["home"] == _me() and new_mib > _drbd_mib(record):
+        if record["home"] == _me() and _drbd_mib(record) < new_mib - _drbd_metadata_mib(new_mib):
             _drbd_resize_steps(plan, name)
         return plan.result(f"VM {name}'s disc on {_me()} is {new_mib} MiB")
 
@@ -747,6 +801,12 @@ def _drbd_resize_steps(plan, name):
 def _lvextend(lv, mib):
     out = __salt__["lvm.lvextend"](size=f"{mib}M", lvpath=f"/dev/{lv}")
     _check_lvm(out.get("Output from lvextend"), "successfully extended", f"lvextend {lv}")
+
+
+def _drbd_metadata_mib(disc_mib):
+    """Upper bound of DRBD 8.4's internal metadata on a disc, in whole MiB:
+    a bitmap bit per 4 KiB, a 32 KiB activity log, a 4 KiB superblock."""
+    return -(-(disc_mib * 32 + 36 * 1024) // 2**20) + 1
 
 
 def _drbd_mib(record):
@@ -784,13 +844,16 @@ def suppress(name, on=True):
     return {"name": name, "changes": [f"rm {path}"], "comment": "autostart allowed again"}
 
 
-def autostart(test=False):
+def autostart(test=False, connect_timeout=30):
     """
     Bring every VM of this host up after a boot.
 
     DRBD resources of all VMs come up (as Secondary); every VM homed here that
     should run, is not suppressed (pillar ``suppress`` or ``pairvm.suppress``)
-    and is not running is started. Returns one result per VM.
+    and is not running is started; a resource brought up here is given up to
+    ``connect_timeout`` seconds to connect first (``start`` refuses a
+    disconnected VM: start it with ``disconnected=True`` if the peer is gone).
+    Returns one result per VM; the retcode is non-zero if one did not start.
 
     CLI Example:
 
@@ -808,16 +871,45 @@ def autostart(test=False):
             changes.append(f"drbdadm up {name}")
             if not test:
                 __salt__["drbd.up"](name)
-        wanted = (record.get("home") == _me() and record.get("state") == "running"
-                  and not record.get("suppress") and not os.path.exists(os.path.join(SUPPRESS_DIR, name)))
-        if wanted and name not in running:
-            try:
-                changes += start(name, test=test)["changes"]
-            except CommandExecutionError as exc:
-                results[name] = {"changes": changes, "comment": f"not started: {exc}"}
-                continue
+                _forget_runtime()
         results[name] = {"changes": changes, "comment": "ok"}
+        if not _wants_autostart(name, record) or name in running:
+            continue
+        if test:
+            _plan_autostart(name, name in drbd, results[name])
+            continue
+        try:
+            if name not in drbd:  # just brought up: give it time to connect
+                _wait_for_connection(name, connect_timeout)
+            changes += start(name)["changes"]
+        except CommandExecutionError as exc:
+            results[name]["comment"] = f"not started: {exc}"
+            __context__["retcode"] = 1
     return results
+
+
+def _plan_autostart(name, resource_up, result):
+    """test=True: the start's own commands, or, for a resource that autostart
+    brings up first, that it would start once DRBD has connected."""
+    if not resource_up:
+        result["changes"].append(f"pairvm start {name} (once DRBD is Connected)")
+        return
+    try:
+        result["changes"] += start(name, test=True)["changes"]
+    except CommandExecutionError as exc:
+        result["comment"] = f"not started: {exc}"
+
+
+def _wants_autostart(name, record):
+    return (record.get("home") == _me() and record.get("state") == "running"
+            and not record.get("suppress") and not os.path.exists(os.path.join(SUPPRESS_DIR, name)))
+
+
+def _wait_for_connection(name, timeout):
+    deadline = time.monotonic() + float(timeout)
+    while _drbd_status(name).get("connection") != "Connected" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        _forget_runtime()
 
 
 def print_ssh_forwards():

@@ -152,7 +152,9 @@ def create(name, home, memory, disc, wait=True, **options):
     if it were defined there), creates it on the peer, then on the home host
     (which starts the initial sync) and waits for DRBD to connect. Options:
     ``vcpus``, ``ip``, ``mac``, ``bridge``, ``drbd_port``, ``vnc_display``,
-    ``state`` (``stopped`` by default here), ``suppress``,
+    ``state`` (``running`` by default, as in pillar: the VM is not started
+    now, but the next orchestrate or ``pairvm autostart`` starts it; give
+    ``state=stopped`` to keep it down, e.g. while installing it), ``suppress``,
     ``hypervisor_options``, ``cdrom``.
 
     CLI Example:
@@ -167,11 +169,11 @@ def create(name, home, memory, disc, wait=True, **options):
     pairvm = _pillar(home if isinstance(home, str) else None)
     settings = _util("pairvm_schema.settings", pairvm)
     definitions = _util("pairvm_schema.vms", pairvm)
-    if name in definitions:
-        raise CommandExecutionError(f"VM {name} already exists (pillar or registry)")
-    definition = {"home": home, "memory": memory, "disc": disc, "state": "stopped", **options}
+    definition = {"home": home, "memory": memory, "disc": disc, **options}
     definition = _util("pairvm_schema.vm_definition", name, definition, settings)
     with _registry() as box:
+        if name in definitions or name in box["registry"].get("vms", {}):
+            raise CommandExecutionError(f"VM {name} already exists (pillar or registry)")
         registry = _util("pairvm_alloc.allocate", settings, {**definitions, name: definition},
                          box["registry"])
         registry = copy.deepcopy(registry)
@@ -217,6 +219,11 @@ def _undo_create(name, settings):
             log.error("pairvm: could not undo create of %s on %s: %s", name, host, exc)
     with _registry() as box:
         box["registry"] = __utils__["pairvm_alloc.release"](box["registry"], name)
+    for host in _pair(settings):
+        try:
+            _call(host, "saltutil.refresh_pillar", wait=True)
+        except CommandExecutionError as exc:
+            log.error("pairvm: could not refresh pillar on %s: %s", host, exc)
 
 
 # --- destroy ----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Run every benchmark: python -m bench."""
 
-from bench import lab_list
+from bench import vm_scale
 
-lab_list.main()
+vm_scale.main()

@@ -3,3 +3,4 @@
 base:
   '*':
     - pairvm
+    - demo_vms

@@ -21,10 +21,10 @@ class SaltCall:
     def __init__(self, host):
         self.host = host
 
-    def __call__(self, function, *args, check=True):
+    def __call__(self, function, *args, check=True, timeout=120):
         argv = ["salt-call", "--local", "--out=json", "--retcode-passthrough",
                 "--log-level=quiet", function, *args]
-        proc = self.host.run(argv, check=False)
+        proc = self.host.run(argv, check=False, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"salt-call {function} {args}: rc {proc.returncode}\n"
                                  f"{proc.stdout}{proc.stderr}")

@@ -78,6 +78,18 @@ def footprint(lab, name):
 NOTHING = {h: {"lvs": [], "res": False, "machine": False, "domain": False} for h in HOSTS}
 
 
+@pytest.fixture(autouse=True)
+def every_resource_file_parses(lab):
+    """After each test, the real drbdadm parses every resource file the product wrote,
+    and its dry run of `up` prints the commands it would run."""
+    yield
+    for host in lab.hosts.values():
+        if not host.run(["sh", "-c", "ls /etc/drbd.d/*.res 2>/dev/null"], check=False).stdout:
+            continue
+        host.run(["drbdadm", "dump", "all"])
+        assert "drbdsetup-84 new-resource" in host.run(["drbdadm", "-d", "up", "all"]).stdout
+
+
 @pytest.fixture(scope="module")
 def pillar_vms(salt_master):
     """Write test_vms.sls (VMs defined in pillar) and refresh the minions' pillar."""
@@ -94,7 +106,7 @@ def pillar_vms(salt_master):
 @pytest.fixture(scope="module")
 def pvm1(salt_run_cli, salt_cli, lab):
     """A VM created from the CLI with the runner, homed on hostA."""
-    ret = salt_run_cli.run("pairvm.create", "pvm1", "hostA", "128", "64M",
+    ret = salt_run_cli.run("pairvm.create", "pvm1", "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv('pvm1'))}")
     assert ret.returncode == 0, ret
     wait_for(lambda: in_sync(salt_cli, "pvm1"), "pvm1 in sync")
@@ -254,3 +266,67 @@ def test_destroy_removes_everything_and_frees_the_allocation(salt_run_cli, salt_
     rows = salt_cli.run("pairvm.list", "fields=ip", minion_tgt="hostB").data["vms"]
     assert {r["name"]: r["ip"] for r in rows}["pvm5"] == ip
     assert salt_run_cli.run("pairvm.destroy", "pvm5", "confirm=True").returncode == 0
+
+
+def host_command(host, minions, *args, check=True):
+    """The host command `pairvm` on a lab host, talking to its minion's config."""
+    env = f"PAIRVM_SALT_CONFIG_DIR={minions[host.name].config_dir}"
+    return host.run(["env", env, "pairvm", *args], check=check)
+
+
+def test_host_command_drives_a_vm(pvm1, lab, salt_cli, minions):
+    host = lab.hosts["hostA"]
+    salt_cli.run("state.apply", "pairvm", minion_tgt="hostA")  # installs the command
+    before = boots(host, "pvm1")
+    host_command(host, minions, "start", "pvm1")
+    wait_for(lambda: boots(host, "pvm1") > before, "pvm1 boot via the host command")
+    table = host_command(host, minions, "list").stdout
+    row = next(ln.split() for ln in table.splitlines() if ln.startswith("pvm1 "))
+    assert row[:5] == ["pvm1", "128", "64", "yes", "home"]
+    assert "running" in host_command(host, minions, "monitor", "pvm1", "info status").stdout
+    assert MARKER in host_command(host, minions, "serial", "pvm1", "--log", "50").stdout
+    forwards = host_command(host, minions, "print_ssh_forwards").stdout
+    assert "127.0.0.1:59" in forwards and "root@10.77.0.11" in forwards
+    refused = host_command(host, minions, "destroy", "pvm1", check=False)
+    assert refused.returncode == 2 and "--yes-really" in refused.stderr
+    host_command(host, minions, "stop", "pvm1")
+    assert host.run(["virsh", "domstate", "pvm1"]).stdout.strip() == "shut off"
+    assert footprint(lab, "pvm1")["hostA"]["lvs"] == ["here/pvm1"]
+
+
+@pytest.mark.parametrize("function, args", [
+    ("pairvm.start", ["bad;name"]),
+    ("pairvm.create", ["../etc"]),
+    ("pairvm.destroy", ["pvm1"]),
+    ("pairvm.resize", ["pvm1", "-5G"]),
+    ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"]),
+    ("pairvm.start", ["nosuchvm"]),
+])
+def test_execution_functions_refuse_bad_input_and_change_nothing(pvm1, salt_cli, lab, function, args):
+    before = footprint(lab, "pvm1")
+    ret = salt_cli.run(function, *args, minion_tgt="hostA")
+    assert ret.returncode != 0, ret
+    assert footprint(lab, "pvm1") == before
+
+
+def test_autostart_honours_suppress_and_brings_the_peers_drbd_up(salt_run_cli, salt_cli, lab):
+    ret = salt_run_cli.run("pairvm.create", "pvm6", "hostA", "128", "64M", "state=running",
+                           f"hypervisor_options={json.dumps(hv('pvm6'))}")
+    assert ret.returncode == 0, ret
+    try:
+        wait_for(lambda: in_sync(salt_cli, "pvm6"), "pvm6 in sync")
+        assert salt_cli.run("pairvm.suppress", "pvm6", minion_tgt="hostA").returncode == 0
+        assert salt_cli.run("pairvm.autostart", minion_tgt="hostA").data["pvm6"]["changes"] == []
+        assert salt_cli.run("pairvm.suppress", "pvm6", "on=False", minion_tgt="hostA").returncode == 0
+        host = lab.hosts["hostA"]
+        before = boots(host, "pvm6")
+        started = salt_cli.run("pairvm.autostart", minion_tgt="hostA").data["pvm6"]["changes"]
+        assert "drbdadm primary pvm6" in started
+        wait_for(lambda: boots(host, "pvm6") > before, "pvm6 boot by autostart")
+        assert salt_cli.run("drbd.down", "pvm6", minion_tgt="hostB").returncode == 0
+        peer = salt_cli.run("pairvm.autostart", minion_tgt="hostB").data["pvm6"]
+        assert peer["changes"] == ["drbdadm up pvm6"]
+        wait_for(lambda: drbd(salt_cli, "hostB", "pvm6").get("connection") == "Connected", "pvm6 reconnect")
+    finally:
+        salt_run_cli.run("pairvm.destroy", "pvm6", "confirm=True", "force=True")
+    assert footprint(lab, "pvm6") == NOTHING

@@ -34,11 +34,10 @@ def salt_argv(tool, *args):
 
 
 def _salt_json(tool, *args):
-    proc = subprocess.run(
-        salt_argv(tool, "--out=json", "--static", *args), capture_output=True, text=True
-    )
+    static = ["--static"] if tool == "salt" else []  # salt-run prints one document anyway
+    proc = subprocess.run(salt_argv(tool, "--out=json", *static, *args), capture_output=True, text=True)
     try:
-        return json.loads(proc.stdout or "{}")
+        return json.loads(proc.stdout)
     except ValueError as exc:
         raise RuntimeError(f"{tool} {' '.join(args)}: {proc.stdout}{proc.stderr}") from exc
 
@@ -63,11 +62,25 @@ def start_salt(lab):
 def _wait_for_minions(names, timeout=90):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        answered = _salt_json("salt", "--timeout=5", "*", "test.ping")
-        if sorted(answered) == sorted(names):
-            return
+        try:
+            if sorted(_salt_json("salt", "--timeout=5", "*", "test.ping")) == sorted(names):
+                return
+        except RuntimeError:  # no minion has connected yet: salt prints no JSON
+            pass
         time.sleep(2)
     raise RuntimeError(f"minions {names} did not answer the master within {timeout}s")
+
+
+def _wait_for_boot(lab, vms, timeout=90):
+    """Wait until each VM's test guest printed its marker on the serial console."""
+    deadline = time.monotonic() + timeout
+    for name, host in vms.items():
+        log = f"/var/log/libvirt/qemu/{name}-serial.log"
+        while "PAIRVM-GUEST-READY" not in lab.hosts[host].run(["cat", log], check=False).stdout:
+            if time.monotonic() > deadline:
+                print(f"(demo: {name} did not print its boot marker within {timeout}s)")
+                return
+            time.sleep(1)
 
 
 def show(title, data):
@@ -78,14 +91,24 @@ def show(title, data):
 def run():
     lab = Lab().up()
     start_salt(lab)
-    show("salt-run saltutil.sync_all", _salt_json("salt-run", "saltutil.sync_all"))
+    _salt_json("salt-run", "fileserver.update")  # a master just started may not list new files yet
+    synced = _salt_json("salt-run", "saltutil.sync_all")
+    show("salt-run saltutil.sync_all (what the master synced)", {k: v for k, v in synced.items() if v})
     _salt_json("salt", "*", "saltutil.sync_all")
     applied = _salt_json("salt", "*", "state.apply", "pairvm")
     show("salt '*' state.apply pairvm (changes)", {
         host: {sid.split("_|-")[1]: bool(s["changes"]) for sid, s in states.items()}
         for host, states in applied.items()
     })
+    orch = _salt_json("salt-run", "state.orchestrate", "pairvm.orch.apply")
+    steps = next(iter(orch.get("data", {}).values()), {})
+    show("salt-run state.orchestrate pairvm.orch.apply (per step: ok?)", {
+        sid.split("_|-")[1]: s["result"] for sid, s in steps.items()
+    })
+    _wait_for_boot(lab, {"demo1": "hostA", "demo2": "hostB"})
     show("salt '*' pairvm.list", _salt_json("salt", "*", "pairvm.list"))
+    show("salt hostA pairvm.serial demo1 lines=3",
+         _salt_json("salt", "hostA", "pairvm.serial", "demo1", "lines=3"))
     show("salt '*' pairvm.check_system", _salt_json("salt", "*", "pairvm.check_system"))
     host_cli = lab.hosts["hostA"].run(["pairvm", "list"], check=False)
     print("\n### pairvm list (the host command, on hostA)\n" + host_cli.stdout + host_cli.stderr)
@@ -94,8 +117,11 @@ def run():
 
 NEXT_STEPS = """
 The pair is up. Go on with:
-  scripts/lab-salt '*' pairvm.check_system      # salt against the lab master
-  scripts/lab-salt-run saltutil.sync_all         # runners on the lab master
+  scripts/lab-salt '*' pairvm.list              # salt against the lab master
+  scripts/lab-salt-run pairvm.list               # both hosts merged
+  scripts/lab-salt hostA pairvm.stop demo1       # stop, start, cdrom, resize, ...
+  scripts/lab-salt-run pairvm.create demo3 hostB 128 64M
+  .venv/bin/python -m tests.lab shell hostB      # then: pairvm list; pairvm serial demo2
   .venv/bin/python -m tests.lab shell hostA      # a shell on hostA: pairvm help
 Tear it down with:
   scripts/demo down

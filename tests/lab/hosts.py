@@ -18,7 +18,8 @@ from tests.lab import namespaces
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = REPO / "tests" / "lab" / "shims"
 DATA = Path("/var/tmp/pvlab")
-LOOP_NODES = 256
+# Loop device nodes per host: each LV and each DRBD device is one (bench: 200 VMs).
+LOOP_NODES = 640
 # libvirtd probes QEMU for 8 s on a cold start; its cache is valid across labs.
 CAPS_CACHE = REPO / ".cache" / "libvirt-capabilities"
 # The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot.

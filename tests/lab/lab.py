@@ -43,8 +43,9 @@ def create_control_namespace():
 class Lab:
     """A pair of lab hosts (or a single one, for the functional tier)."""
 
-    def __init__(self, names=("hostA", "hostB")):
+    def __init__(self, names=("hostA", "hostB"), pv_size_mib=PV_SIZE_MIB):
         self.hosts = {h.name: h for h in HOSTS if h.name in names}
+        self.pv_size_mib = pv_size_mib
 
     def up(self, libvirt=True, clean_first=True):
         """Build the lab; a leftover of a killed run is cleaned first.
@@ -93,7 +94,7 @@ class Lab:
                 namespaces.sh(["ip", "-n", ns, "link", "set", f"{link}-peer", "up"])
 
     def _create_storage(self, host):
-        lablvm.create_volume_groups(host.run, host.dir, PV_SIZE_MIB)
+        lablvm.create_volume_groups(host.run, host.dir, self.pv_size_mib)
 
     def down(self):
         """Stop everything in the lab; leaves no process, namespace, mount or loop."""

@@ -95,6 +95,7 @@ def minion_factory(master, host):
 
 def sync(master):
     """Sync the formula's modules to the master (runners) and the minions."""
+    master.salt_run_cli(timeout=120).run("fileserver.update")
     run = master.salt_run_cli(timeout=120).run("saltutil.sync_all")
     assert run.returncode == 0, run
     res = master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="*")

@@ -434,3 +434,9 @@ def test_check_report_marks_failures():
     report = {"ok": False, "checks": {"bridge": {"ok": False, "detail": "bridge br0 does not exist"}}}
     out = cli.format_check(report)
     assert "FAIL  bridge" in out and out.endswith("host is NOT ready for pairvm")
+
+
+def test_only_create_asks_the_master_everything_else_runs_locally():
+    assert "--local" not in cli.salt_argv("pairvm.create", {"name": "vm1"})
+    for function in ("pairvm.start", "pairvm.list", "pairvm.stop", "pairvm.destroy"):
+        assert "--local" in cli.salt_argv(function, {"name": "vm1"})
