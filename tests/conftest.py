@@ -67,4 +67,4 @@ def event_listener(request):
 @pytest.fixture(scope="session")
 def salt_factories_config():
     """Short root dir: salt's unix sockets have a path length limit."""
-    return {"root_dir": Path("/tmp/pvsalt"), "slow_stop": False}
+    return {"root_dir": labmod.SALT_TEST_ROOT, "slow_stop": False}

@@ -129,7 +129,7 @@ def test_runner_create_builds_both_hosts(pvm1, lab, salt_cli):
 def test_start_boots_the_guest_on_its_home_host(pvm1, lab, salt_cli):
     host = lab.hosts["hostA"]
     start_and_wait(salt_cli, host, "pvm1")
-    assert "hostname: pvm1" in serial_log(host, "pvm1")
+    wait_for(lambda: "hostname: pvm1" in serial_log(host, "pvm1"), "the guest to take its hostname")
     listen = host.run(["ss", "-ltnH"]).stdout
     vnc = [ln.split()[3] for ln in listen.splitlines() if ":59" in ln.split()[3]]
     assert vnc and all(addr.startswith("127.0.0.1:") for addr in vnc), listen

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from tests.lab import hosts as hostlib
 from tests.lab import lvm as lablvm
@@ -25,6 +26,8 @@ HOSTS = (
     LabHost("hostB", admin_ip="10.77.0.12", replication_ip="10.78.0.12"),
 )
 PV_SIZE_MIB = 1024
+# Root of the test tiers' salt daemons (tests/conftest.py salt_factories_config).
+SALT_TEST_ROOT = Path("/tmp/pvsalt")
 # Daemons only the lab starts here; zombies (orphans PID 1 never reaps) do not count.
 LAB_PROCESS = re.compile(r"qemu-system|libvirtd|virtlogd|salt-minion|salt-master")
 
@@ -120,8 +123,8 @@ def clean():
         namespaces.sh(["umount", str(namespaces.NS_DIR)], check=False)
     lablvm.detach_lab_loops(DATA)
     hostlib.remove_created_mountpoints()
-    if DATA.exists():
-        shutil.rmtree(DATA)
+    for tree in (DATA, SALT_TEST_ROOT):
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def leftovers():
