@@ -20,6 +20,22 @@ def load(path, name):
     return module
 
 
+class FakeClock:
+    """Stands for the ``time`` module: sleeping advances a virtual clock at once."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
 @pytest.fixture
 def loader_mock():
     """Install Salt's dunders on a loaded module: ``loader_mock(module, salt=..)``."""

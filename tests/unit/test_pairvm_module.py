@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from salt.exceptions import CommandExecutionError
-from tests.unit.conftest import load
+from tests.unit.conftest import FakeClock, load
 
 pairvm = load("_modules/pairvm.py", "pairvm_module")
 
@@ -192,20 +192,6 @@ def drbd_state(role="Secondary", peer_role="Secondary", connection="Connected", 
     }
 
 
-class FakeClock:
-    """Stands for the ``time`` module: sleeping advances a virtual clock at once."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
-
-    def time(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 class LibvirtDomain:

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import FakeClock, load
 
 runner = load("_runners/pairvm.py", "pairvm_runner")
 registry_pillar = load("_pillar/pairvm_registry.py", "pairvm_registry_pillar_for_runner")
@@ -50,18 +50,6 @@ class MinionFailed(Exception):
     """A handler raising this makes the minion answer with an error and retcode 1."""
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
-
-    def time(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 def row(name, running=False, memory=256, **fields):
