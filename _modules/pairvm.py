@@ -16,6 +16,7 @@ command; no changes means nothing was to do. They raise
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import time
@@ -241,7 +242,7 @@ class _Plan:
 
     def __init__(self, name, test):
         self.name, self.test, self.changes = name, test, []
-        self.saved = {}  # what a failure must put back
+        self.saved = {}  # path: (previous content or None, mode), put back on failure
 
     def step(self, description, action, *args, **kwargs):
         self.changes.append(description)
@@ -260,6 +261,7 @@ class _Plan:
 
 def _write(path, text, mode=0o644):
     """Write a file atomically (temporary name, then rename)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.pairvm-tmp"
     with salt.utils.files.fopen(tmp, "w") as fh:
         fh.write(text)
@@ -349,14 +351,9 @@ def _create_steps(plan, record):
             f"LV {lv} is {lvs[lv]} MiB, smaller than VM {name}'s disc ({record['disc_mib']} MiB): "
             f"grow it with pairvm.resize"
         )
-    common = os.path.join(DRBD_DIR, "global_common.conf")
-    if _read(common) != drbd_common_config():
-        plan.step(f"write {common}", _write, common, drbd_common_config())
-    res_path = os.path.join(DRBD_DIR, f"{name}.res")
+    _write_step(plan, os.path.join(DRBD_DIR, "global_common.conf"), drbd_common_config())
     res_text = __utils__["pairvm_render.drbd_resource"](record, _drbd_options())
-    plan.saved["res"] = _read(res_path)
-    if plan.saved["res"] != res_text:
-        plan.step(f"write {res_path}", _write_resource, res_path, res_text, name)
+    _write_step(plan, os.path.join(DRBD_DIR, f"{name}.res"), res_text, 0o600, _write_resource)
     if new_lv:
         plan.step(f"drbdadm create-md --force {name}", __salt__["drbd.create_md"], name)
     if not _drbd_status(name):
@@ -364,10 +361,15 @@ def _create_steps(plan, record):
         if new_lv and record["home"] == _me():
             plan.step(f"drbdadm primary --force {name}", __salt__["drbd.primary"], name, force=True)
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
-    machine = _machine_path(name)
-    text = __utils__["pairvm_schema.dump_record"](record)
-    if _read(machine) != text:
-        plan.step(f"write {machine}", _write, machine, text)
+    _write_step(plan, _machine_path(name), __utils__["pairvm_schema.dump_record"](record))
+
+
+def _write_step(plan, path, text, mode=0o644, write=None):
+    """Write a file when its content differs; a failed create puts it back."""
+    previous = _read(path)
+    if previous != text:
+        plan.saved[path] = (previous, mode)
+        plan.step(f"write {path}", write or _write, path, text, mode)
 
 
 def _lvcreate(name, vg, size):
@@ -375,28 +377,29 @@ def _lvcreate(name, vg, size):
                "created", f"lvcreate {vg}/{name}")
 
 
-def _write_resource(path, text, name):
-    """Write a resource file and have drbdadm parse it; a rejected file is removed."""
+def _write_resource(path, text, mode):
+    """Write a resource file and have drbdadm parse it; a rejected one is put back."""
     old = _read(path)
-    _write(path, text, mode=0o600)
+    _write(path, text, mode)
     try:
         __salt__["drbd.check_config"]("/etc/drbd.conf")
     except CommandExecutionError as exc:
-        _restore(path, old, 0o600)
-        raise CommandExecutionError(f"drbdadm rejected the resource file of {name}: {exc}") from exc
+        _restore(path, old, mode)
+        name = os.path.basename(path)[: -len(".res")]
+        raise CommandExecutionError(f"drbdadm rejected the resource file of {name} ({path}): {exc}") from exc
 
 
 def _rollback(plan, record):
     """Undo what a failed create did, newest first, keeping going on errors."""
     name, vg = record["name"], _vg(record)
-    res_path = os.path.join(DRBD_DIR, f"{name}.res")
-    previous = plan.saved.get("res")
     undo = {
         f"drbdadm up {name}": lambda: __salt__["drbd.down"](name),
-        f"write {res_path}": lambda: _restore(res_path, previous, 0o600),
         f"lvcreate -n {name} {vg} -L {record['disc_mib']}M": lambda: __salt__["lvm.lvremove"](name, vg),
-        f"write {_machine_path(name)}": lambda: os.unlink(_machine_path(name)),
     }
+    undo.update({
+        f"write {path}": functools.partial(_restore, path, previous, mode)
+        for path, (previous, mode) in plan.saved.items()
+    })
     for change in reversed(plan.changes):
         if change in undo:
             try:
