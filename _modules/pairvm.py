@@ -1010,3 +1010,158 @@ def check_system():
     if not healthy:
         __context__["retcode"] = 1
     return {"ok": healthy, "checks": checks}
+
+
+# --- facts: this host's whole state in one call, for salt-run pairvm.verify ------------
+
+
+SYS_CLASS_NET = "/sys/class/net"
+
+
+def _is_ifname(name):
+    """An interface name: 1-15 ASCII letters, digits, ``_.-``, not starting with ``-`` or ``.``."""
+    return (isinstance(name, str) and 0 < len(name) <= 15 and name.isascii() and name[0].isalnum()
+            and all(c.isalnum() or c in "_.-" for c in name))
+
+
+def _facts_machines(errors):
+    """{name: summary} of every /machines/<vm> file: digest of its bytes, the fields verify uses."""
+    if not os.path.isdir(MACHINES_DIR):
+        return {}
+    me, found = _me(), {}
+    for entry in sorted(os.listdir(MACHINES_DIR)):
+        if entry.startswith(("_", ".")):
+            continue
+        try:
+            with salt.utils.files.fopen(_machine_path(entry), "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            errors[f"machines/{entry}"] = f"cannot read {_machine_path(entry)}: {exc}"
+            continue
+        summary = {"digest": __utils__["pairvm_render.machines_digest"](data)}
+        try:
+            record = salt.utils.yaml.safe_load(data.decode("utf-8"))
+        except (ValueError, salt.utils.yaml.YAMLError) as exc:  # reported, not fatal
+            record, summary["error"] = None, f"not valid YAML: {exc}"
+        if not isinstance(record, dict):
+            summary.setdefault("error", "not a mapping of VM settings")
+            record = {}
+        hosts = record.get("hosts") if isinstance(record.get("hosts"), dict) else {}
+        mine = hosts.get(me) if isinstance(hosts.get(me), dict) else {}
+        summary.update({key: record.get(key) for key in ("home", "peer", "memory", "state", "suppress",
+                                                        "bridge", "vnc_display")})
+        summary["vg"] = mine.get("vg")
+        found[entry] = summary
+    return found
+
+
+def _facts_query(errors, key, query, default):
+    """Run one query; a failure is noted in ``errors[key]`` and gives ``default``."""
+    try:
+        return query()
+    except (CommandExecutionError, SaltInvocationError, OSError, ValueError) as exc:
+        errors[key] = str(exc)
+    except (KeyError, IndexError, TypeError) as exc:
+        errors[key] = f"unexpected answer: {type(exc).__name__}: {exc}"
+    return default
+
+
+def _facts_drbd():
+    if "drbd.status" not in __salt__:
+        raise CommandExecutionError("the drbd execution module is not available here (drbd-utils missing?)")
+    return __salt__["drbd.status"]()
+
+
+def _facts_libvirt(machines):
+    """(running domain names, {running pairvm domain: VNC listen address}), one connection."""
+    with _libvirt() as conn:
+        try:
+            active = {dom.name(): dom for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+        except libvirt.libvirtError as exc:
+            raise CommandExecutionError(f"libvirt: cannot list the running domains: {exc}") from exc
+        vnc = {}
+        for name in sorted(set(active) & set(machines)):
+            try:
+                xml = active[name].XMLDesc(0)
+            except libvirt.libvirtError:  # stopped since it was listed
+                continue
+            vnc[name] = __utils__["pairvm_render.domain_summary"](xml)["vnc_listen"]
+    return sorted(active), vnc
+
+
+def _facts_volume_groups():
+    """{vg: {"size", "free"}} of this host (one ``vgs`` call)."""
+    res = __salt__["cmd.run_all"](
+        ["vgs", "--reportformat", "json", "-o", "vg_name,vg_size,vg_free", "--units", "m"],
+        python_shell=False, ignore_retcode=True,
+    )
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"vgs failed: {res['stderr'].strip()}")
+    report = salt.utils.json.loads(res["stdout"])["report"][0]["vg"]
+    return {vg["vg_name"]: {"size": vg.get("vg_size"), "free": vg.get("vg_free")} for vg in report}
+
+
+def _facts_bridges(names):
+    """{bridge: {"present": bool, "state": operstate or None}} from /sys/class/net."""
+    found = {}
+    for name in sorted(names):
+        present = _is_ifname(name) and os.path.isdir(os.path.join(SYS_CLASS_NET, name, "bridge"))
+        state = None
+        if present:
+            try:
+                with salt.utils.files.fopen(os.path.join(SYS_CLASS_NET, name, "operstate")) as fh:
+                    state = fh.read().strip()
+            except OSError:
+                state = None
+        found[name] = {"present": present, "state": state}
+    return found
+
+
+def facts(bridges=None):
+    """
+    This host's pairvm state in one call, for ``salt-run pairvm.verify``.
+
+    One query of each kind, however many VMs there are: the ``/machines/<vm>``
+    files (sha256 ``digest`` of each file's bytes, and its ``home``, ``peer``,
+    ``memory``, ``state``, ``suppress``, ``bridge``, ``vnc_display`` and this
+    host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
+    resources), the running libvirt domains and the VNC listen address of
+    each running pairvm domain, the LVs (``{"vg/lv": MiB}``), the volume
+    groups, the required tools that are missing, and the bridges: the
+    default ``pairvm:bridge``, those of the VMs defined here and ``bridges``
+    (a list or comma-separated names). A query that fails is named in
+    ``errors`` with its message; the others are still returned. Reads only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pairvm.facts
+        salt hostA pairvm.facts bridges=br0,br1
+    """
+    errors = {}
+    machines = _facts_machines(errors)
+    _forget_runtime()  # fresh DRBD and LVM answers, not those of earlier in this job
+    drbd = _facts_query(errors, "drbd", _facts_drbd, {})
+    running, vnc = _facts_query(errors, "libvirt", lambda: _facts_libvirt(machines), ([], {}))
+    lvs = _facts_query(errors, "lvs", _lvs, {})
+    vgs = _facts_query(errors, "volume_groups", _facts_volume_groups, {})
+    if isinstance(bridges, str):
+        bridges = bridges.split(",")
+    wanted = {str(b).strip() for b in bridges or [] if str(b).strip()}
+    wanted.add(_setting("bridge", "br0"))
+    wanted.update(m["bridge"] for m in machines.values() if isinstance(m.get("bridge"), str))
+    suppressed = sorted(os.listdir(SUPPRESS_DIR)) if os.path.isdir(SUPPRESS_DIR) else []
+    return {
+        "host": _me(),
+        "machines": machines,
+        "suppressed": suppressed,
+        "drbd": drbd,
+        "running": running,
+        "vnc": vnc,
+        "lvs": lvs,
+        "volume_groups": vgs,
+        "tools_missing": [tool for tool in REQUIRED_TOOLS if not salt.utils.path.which(tool)],
+        "bridges": _facts_bridges(wanted),
+        "errors": errors,
+    }

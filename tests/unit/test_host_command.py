@@ -4,6 +4,7 @@ subprocess.run and os.execvp are replaced: nothing here runs salt-call or virsh.
 """
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -301,17 +302,6 @@ def test_no_command_prints_usage_to_stderr(capsys):
     assert out == "" and err.startswith("usage: pairvm COMMAND")
 
 
-def test_first_time_setup_points_at_the_host_state(salt, capsys, monkeypatch, tmp_path):
-    (tmp_path / "minion_id").write_text("hostA\n")
-    monkeypatch.setattr(cli, "SALT_CONFIG_DIR", str(tmp_path))
-    assert cli.main(["first_time_setup"]) == 0
-    assert "salt hostA state.apply pairvm.host" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "SALT_CONFIG_DIR", str(tmp_path / "none"))
-    assert cli.main(["first_time_setup"]) == 0
-    assert "salt HOST state.apply pairvm.host" in capsys.readouterr().out
-    assert salt.calls == []
-
-
 # --- errors and exit codes -------------------------------------------------------------------
 
 
@@ -440,3 +430,224 @@ def test_only_create_asks_the_master_everything_else_runs_locally():
     assert "--local" not in cli.salt_argv("pairvm.create", {"name": "vm1"})
     for function in ("pairvm.start", "pairvm.list", "pairvm.stop", "pairvm.destroy"):
         assert "--local" in cli.salt_argv(function, {"name": "vm1"})
+
+
+# --- first_time_setup: the way to the host state, and this host checked against /machines/_global ----
+
+GLOBAL = {
+    "me": "hostA", "peer": "hostB", "here_ip": "10.77.0.11", "there_ip": "10.77.0.12",
+    "here_replication_ip": "10.78.0.11", "there_replication_ip": "10.78.0.12", "bridge": "br0",
+    "memory_cap": 2048, "domain_type": "qemu",
+}
+IP_ADDR = [
+    {"ifname": "lo", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8}]},
+    {"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.77.0.11", "prefixlen": 24},
+                                     {"family": "inet6", "local": "fe80::1", "prefixlen": 64}]},
+    {"ifname": "eth1", "addr_info": [{"family": "inet", "local": "10.78.0.11", "prefixlen": 24}]},
+    {"ifname": "br0", "addr_info": []},
+]
+VGS = {"report": [{"vg": [{"vg_name": "here"}, {"vg_name": "there"}, {"vg_name": "system"}]}]}
+BRIDGE = [{"ifname": "br0", "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"], "operstate": "UP",
+           "linkinfo": {"info_kind": "bridge", "info_data": {}}}]
+
+
+class HostTools:
+    """Fake ip, vgs and ping: ``answers[key] = (rc, stdout, stderr)`` or an exception to raise."""
+
+    def __init__(self):
+        self.calls, self.kwargs = [], []
+        self.answers = {
+            "addr": (0, json.dumps(IP_ADDR), ""),
+            "vgs": (0, json.dumps(VGS), ""),
+            "link": (0, json.dumps(BRIDGE), ""),
+            "ping 10.77.0.12": (0, "1 received", ""),
+            "ping 10.78.0.12": (0, "1 received", ""),
+        }
+
+    def key(self, argv):
+        if argv[:3] == ["ip", "-j", "addr"]:
+            return "addr"
+        if argv[0] == "vgs":
+            return "vgs"
+        if argv[:4] == ["ip", "-j", "-d", "link"]:
+            return "link"
+        if argv[0] == "ping":
+            return f"ping {argv[-1]}"
+        raise AssertionError(f"unexpected command {argv}")
+
+    def run(self, argv, **kwargs):
+        assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+        self.calls.append(argv)
+        self.kwargs.append(kwargs)
+        answer = self.answers[self.key(argv)]
+        if isinstance(answer, BaseException):
+            raise answer
+        rc, out, err = answer
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+@pytest.fixture
+def setup_host(monkeypatch, tmp_path):
+    import yaml
+
+    tools = HostTools()
+    monkeypatch.setattr(cli.subprocess, "run", tools.run)
+    monkeypatch.setattr(cli, "SALT_CONFIG_DIR", str(tmp_path / "salt"))
+    (tmp_path / "salt").mkdir()
+    (tmp_path / "salt" / "minion_id").write_text("hostA\n")
+    path = tmp_path / "_global"
+    monkeypatch.setattr(cli, "GLOBAL_FILE", str(path))
+    tools.write_global = lambda data: path.write_text(yaml.safe_dump(data, default_flow_style=False))
+    tools.write_global(GLOBAL)
+    tools.global_path, tools.salt_dir = path, tmp_path / "salt"
+    return tools
+
+
+def report(out):
+    """{check name: (ok, detail)} from the lines of first_time_setup's report."""
+    found = {}
+    for line in out.splitlines():
+        match = re.fullmatch(r"(ok  |FAIL)  (.+?)  +(\S.*)", line)
+        if match:
+            found[match[2].strip()] = (match[1] == "ok  ", match[3])
+    return found
+
+
+def test_first_time_setup_points_at_the_state_and_checks_a_ready_host(setup_host, capsys):
+    assert cli.main(["first_time_setup"]) == 0
+    out = capsys.readouterr().out
+    assert "Host setup is now a Salt state" in out and "    salt hostA state.apply pairvm.host\n" in out
+    checks = report(out)
+    assert list(checks) == [
+        str(setup_host.global_path), "here_ip", "here_replication_ip", "volume group here",
+        "volume group there", "bridge br0", "peer admin link", "peer replication link",
+    ]
+    assert all(ok for ok, _ in checks.values()), out
+    assert checks["here_ip"][1] == "10.77.0.11 is on eth0"
+    assert checks["here_replication_ip"][1] == "10.78.0.11 is on eth1"
+    assert checks["peer replication link"][1] == "hostB answers ping at 10.78.0.12"
+    assert out.rstrip().endswith("all checks passed: this host is ready for pairvm.")
+
+
+def test_first_time_setup_runs_each_tool_once_as_an_argv_list(setup_host):
+    cli.main(["first_time_setup"])
+    assert setup_host.calls == [
+        ["ip", "-j", "addr"],
+        ["vgs", "--reportformat", "json", "-o", "vg_name"],
+        ["ip", "-j", "-d", "link", "show", "dev", "br0"],
+        ["ping", "-c", "1", "-W", "2", "10.77.0.12"],
+        ["ping", "-c", "1", "-W", "2", "10.78.0.12"],
+    ]
+    assert all(not kw.get("shell") and kw.get("timeout") for kw in setup_host.kwargs)
+    assert not any(argv[0] == "salt-call" for argv in setup_host.calls)
+
+
+def _without(address):
+    return [{**iface, "addr_info": [a for a in iface["addr_info"] if a["local"] != address]}
+            for iface in IP_ADDR]
+
+
+@pytest.mark.parametrize(("answer", "failed", "detail"), [
+    (("addr", (0, json.dumps(_without("10.77.0.11")), "")), "here_ip",
+     "10.77.0.11 is not an address of this host (ip addr)"),
+    (("addr", (0, json.dumps(_without("10.78.0.11")), "")), "here_replication_ip",
+     "10.78.0.11 is not an address of this host (ip addr)"),
+    (("vgs", (0, json.dumps({"report": [{"vg": [{"vg_name": "here"}]}]}), "")), "volume group there",
+     "missing: create it on a disc (vgcreate there DEVICE)"),
+    (("link", (1, "", 'Device "br0" does not exist.')), "bridge br0",
+     'does not exist (Device "br0" does not exist.)'),
+    (("link", (0, json.dumps([{**BRIDGE[0], "flags": ["BROADCAST", "MULTICAST"], "operstate": "DOWN"}]), "")),
+     "bridge br0", "is down (ip link set br0 up)"),
+    (("link", (0, json.dumps([{**BRIDGE[0], "linkinfo": None}]), "")), "bridge br0",
+     "br0 is a plain interface, not a bridge"),
+    (("ping 10.77.0.12", (1, "0 received", "")), "peer admin link",
+     "10.77.0.12 (there_ip): no answer within 2s"),
+    (("ping 10.78.0.12", (1, "0 received", "")), "peer replication link",
+     "10.78.0.12 (there_replication_ip): no answer within 2s"),
+    (("ping 10.78.0.12", FileNotFoundError(2, "No such file or directory")), "peer replication link",
+     "10.78.0.12 (there_replication_ip): cannot run ping: No such file or directory"),
+    (("ping 10.77.0.12", subprocess.TimeoutExpired(["ping"], 30)), "peer admin link",
+     "10.77.0.12 (there_ip): ping did not finish within 30s"),
+])
+def test_first_time_setup_names_each_failing_check_and_exits_1(setup_host, capsys, answer, failed, detail):
+    setup_host.answers[answer[0]] = answer[1]
+    assert cli.main(["first_time_setup"]) == 1
+    out = capsys.readouterr().out
+    checks = report(out)
+    assert checks[failed] == (False, detail)
+    assert [name for name, (ok, _) in checks.items() if not ok] == [failed]
+    assert "1 check failed: this host is NOT ready for pairvm" in out
+
+
+def test_first_time_setup_when_vgs_fails_fails_both_groups(setup_host, capsys):
+    setup_host.answers["vgs"] = (5, "", "  /dev/mapper/control: open failed")
+    assert cli.main(["first_time_setup"]) == 1
+    checks = report(capsys.readouterr().out)
+    assert checks["volume group here"] == (
+        False, "cannot list volume groups: /dev/mapper/control: open failed")
+    assert not checks["volume group there"][0]
+
+
+def test_first_time_setup_without_global_says_to_apply_the_state(setup_host, capsys):
+    setup_host.global_path.unlink()
+    assert cli.main(["first_time_setup"]) == 1
+    out = capsys.readouterr().out
+    assert "salt hostA state.apply pairvm.host" in out
+    assert report(out) == {str(setup_host.global_path): (
+        False, "does not exist: the state pairvm.host has not been applied to this host")}
+    assert setup_host.calls == []
+
+
+def test_first_time_setup_names_missing_keys_of_global(setup_host, capsys):
+    setup_host.write_global({k: v for k, v in GLOBAL.items() if k not in ("there_ip", "memory_cap")})
+    assert cli.main(["first_time_setup"]) == 1
+    checks = report(capsys.readouterr().out)
+    assert checks[str(setup_host.global_path)] == (
+        False, "lacks there_ip, memory_cap: re-apply the state pairvm.host")
+    assert checks["peer admin link"] == (False, f"{cli.GLOBAL_FILE} has no there_ip")
+    assert ["ping", "-c", "1", "-W", "2", "10.78.0.12"] in setup_host.calls
+
+
+@pytest.mark.parametrize(("key", "value", "failed"), [
+    ("there_ip", "-f", "peer admin link"),
+    ("there_replication_ip", "10.78.0.12; reboot", "peer replication link"),
+    ("here_ip", "not-an-ip", "here_ip"),
+    ("bridge", "-x", "bridge"),
+    ("bridge", "br0 up", "bridge"),
+])
+def test_first_time_setup_never_passes_a_bad_value_to_a_command(setup_host, capsys, key, value, failed):
+    setup_host.write_global({**GLOBAL, key: value})
+    assert cli.main(["first_time_setup"]) == 1
+    assert not report(capsys.readouterr().out)[failed][0]
+    assert not any(value in argv for argv in setup_host.calls)
+
+
+def test_first_time_setup_takes_the_minion_id_from_global_or_says_host(setup_host, capsys):
+    (setup_host.salt_dir / "minion_id").unlink()
+    cli.main(["first_time_setup"])
+    assert "salt hostA state.apply pairvm.host" in capsys.readouterr().out
+    setup_host.global_path.unlink()
+    cli.main(["first_time_setup"])
+    assert "salt HOST state.apply pairvm.host" in capsys.readouterr().out
+
+
+def test_read_global_reads_what_file_serialize_writes(tmp_path):
+    import yaml
+
+    data = {**GLOBAL, "peer": None, "note": "a: b", "volume_groups": ["vg-a", "vg-b"], "quoted": "007"}
+    path = tmp_path / "_global"
+    path.write_text(yaml.safe_dump(data, default_flow_style=False))
+    assert cli.read_global(str(path)) == data
+    path.write_text("---\n# comment\nme: 'hostA'\nbridge: \"br0\"\nmemory_cap: 0\nthere_ip: ~\n")
+    assert cli.read_global(str(path)) == {"me": "hostA", "bridge": "br0", "memory_cap": 0, "there_ip": None}
+    path.write_text("me: hostA\n  nested: x\n")
+    with pytest.raises(ValueError, match="line 2"):
+        cli.read_global(str(path))
+
+
+def test_first_time_setup_with_a_broken_global_fails_clearly(setup_host, capsys):
+    setup_host.global_path.write_text("me: hostA\n  what: is this\n")
+    assert cli.main(["first_time_setup"]) == 1
+    checks = report(capsys.readouterr().out)
+    assert checks == {str(setup_host.global_path): (False, "cannot be read: line 2 is not 'key: value': "
+                                                           "'what: is this'")}
