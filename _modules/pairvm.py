@@ -11,7 +11,7 @@ per thing done (with ``test=True``: that would be done), often the exact
 command; no changes means nothing was to do. They raise
 ``CommandExecutionError`` with what to do when they refuse or fail.
 
-:depends: libvirt-python, drbd-utils, lvm2, iputils-arping
+:depends: libvirt-python, drbd-utils, lvm2
 """
 
 import contextlib
@@ -19,6 +19,8 @@ import fcntl
 import functools
 import logging
 import os
+import socket
+import struct
 import time
 from xml.sax.saxutils import quoteattr
 
@@ -53,7 +55,7 @@ LIST_FIELDS = (
 )
 REQUIRED_TOOLS = (
     "qemu-system-x86_64", "qemu-img", "virsh", "drbdadm", "drbdsetup", "lvm",
-    "ip", "bridge", "arping", "socat", "pigz", "zstd", "pv", "ssh",
+    "ip", "bridge", "socat", "pigz", "zstd", "pv", "ssh",
 )
 
 
@@ -505,7 +507,8 @@ def start(name, away=False, disconnected=False, test=False):
                 if promote:
                     __salt__["drbd.secondary"](name)
                 raise CommandExecutionError(f"libvirt could not start VM {name}: {exc}") from exc
-        plan.step(f"arping -U -c 1 -I {record['bridge']} {record['ip']}", _announce, record)
+        plan.step(f"gratuitous ARP for {record['ip']} ({record['mac']}) on {record['bridge']}",
+                  _announce, record)
         return plan.result(f"VM {name} is running on {_me()}")
 
 
@@ -541,13 +544,26 @@ def _define_and_start(conn, xml):
 
 
 def _announce(record):
-    """Gratuitous ARP for the VM's IP (the old tool did this after a start or move)."""
-    res = __salt__["cmd.run_all"](
-        ["arping", "-U", "-c", "1", "-w", "2", "-I", record["bridge"], "-s", record["ip"], record["ip"]],
-        python_shell=False, ignore_retcode=True,
-    )
-    if res["retcode"] != 0:
-        log.warning("pairvm: gratuitous ARP for %s failed: %s", record["ip"], res["stderr"].strip())
+    """Gratuitous ARP for the VM's IP from its MAC, as the old tool did after a
+    start or a move, so switches and neighbours learn where it is now.
+
+    Sent from the host on the VM's behalf (iputils arping cannot: it binds the
+    source address, which is the VM's, not the host's). A failure is logged:
+    the VM runs anyway.
+    """
+    mac = bytes.fromhex(record["mac"].replace(":", ""))
+    ip = socket.inet_aton(record["ip"])
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
+    try:
+        _send_frame(record["bridge"], b"\xff" * 6 + mac + b"\x08\x06" + arp)
+    except OSError as exc:
+        log.warning("pairvm: gratuitous ARP for %s on %s failed: %s", record["ip"], record["bridge"], exc)
+
+
+def _send_frame(interface, frame):
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((interface, 0))
+        sock.send(frame)
 
 
 def stop(name, graceful=False, timeout=60, test=False):

@@ -163,7 +163,7 @@ MUTATING = {
     "lvm.lvcreate", "lvm.lvremove", "lvm.lvextend", "drbd.create_md", "drbd.up", "drbd.down",
     "drbd.primary", "drbd.secondary", "drbd.resize", "drbd.adjust", "drbd.connect", "drbd.disconnect",
     "virsh.define", "virsh.start", "virsh.destroy", "virsh.shutdown", "virsh.undefine",
-    "virsh.update_device", "arping",
+    "virsh.update_device", "garp",
 }
 BAD_NAMES = ["bad;name", "../x", "abcdefghijklm", "all", "Vm1", "", "vm 1", "-rf"]
 
@@ -314,6 +314,8 @@ class Host:
         self.conn = FakeConn(self)
         self.opened = mock.Mock(return_value=self.conn)
         monkeypatch.setattr(pairvm.libvirt, "open", self.opened)
+        self.frames = []
+        monkeypatch.setattr(pairvm, "_send_frame", self._send_frame)
         impls = {
             "config.get": self._config_get,
             "lvm.lvdisplay": self._lvdisplay,
@@ -384,7 +386,7 @@ class Host:
         return rec
 
     def actions(self):
-        """What was done to the host, in order: ``drbd.up``, ``virsh.start``, ``arping``, ..."""
+        """What was done to the host, in order: ``drbd.up``, ``virsh.start``, ``garp``, ..."""
         done = []
         for function, args, _ in self.log:
             if function == "cmd.run_all":
@@ -495,6 +497,10 @@ class Host:
         self.drbd_backing[name] = next(mib for lv, mib in self.lvs.items() if lv.split("/")[1] == name)
         return True
 
+    def _send_frame(self, interface, frame):
+        self.log.append(("garp", (interface, frame), {}))
+        self.frames.append((interface, frame))
+
     def _run_all(self, argv, **kwargs):
         if argv[0] == "blockdev":
             minor = int(argv[-1][len("/dev/drbd"):])
@@ -503,8 +509,6 @@ class Host:
                     size = self.drbd_backing[name] * 2**20 - self.md_overhead
                     return {"retcode": 0, "stdout": str(size), "stderr": ""}
             return {"retcode": 1, "stdout": "", "stderr": f"blockdev: cannot open {argv[-1]}"}
-        if argv[0] == "arping":
-            return {"retcode": 0, "stdout": "", "stderr": ""}
         raise AssertionError(f"unexpected command {argv}")
 
 
@@ -813,7 +817,7 @@ def test_destroy_of_a_stopped_vm_on_the_peer_removes_the_replica(peer):
 def test_start_promotes_defines_starts_and_announces(host):
     host.install("vm1", drbd=drbd_state())
     ret = pairvm.start("vm1")
-    assert host.actions() == ["drbd.primary", "virsh.define", "virsh.start", "arping"]
+    assert host.actions() == ["drbd.primary", "virsh.define", "virsh.start", "garp"]
     host.salt["drbd.primary"].assert_called_once_with("vm1")
     assert host.domains["vm1"].active and host.drbd["vm1"]["role"] == "Primary"
     root = ET.fromstring(host.defined[-1])
@@ -826,17 +830,21 @@ def test_start_promotes_defines_starts_and_announces(host):
     assert root.find("devices/interface/target").get("dev") == "vm-vm1"
     assert root.find("devices/interface/source").get("bridge") == "br0"
     assert root.find("devices/serial/log").get("file") == f"{host.serial_dir}/vm1-serial.log"
-    (argv,), kwargs = next((a, k) for a, k in host.calls("cmd.run_all") if a[0][0] == "arping")
-    assert isinstance(argv, list) and kwargs["python_shell"] is False
-    assert argv[argv.index("-I") + 1] == "br0" and argv[-1] == "10.79.0.5" and "-U" in argv
-    assert ret["changes"][-1] == "arping -U -c 1 -I br0 10.79.0.5"
+    interface, frame = host.frames[-1]
+    mac = bytes.fromhex("525400000001")  # vm1's allocated MAC
+    ip = bytes([10, 79, 0, 5])
+    assert interface == "br0"
+    assert frame[:14] == b"\xff" * 6 + mac + b"\x08\x06"  # broadcast, from the VM's MAC, ARP
+    assert frame[14:22] == bytes.fromhex("0001080006040001")  # Ethernet/IPv4 request
+    assert frame[22:] == mac + ip + bytes(6) + ip  # sender IP == target IP: gratuitous
+    assert ret["changes"][-1].startswith("gratuitous ARP for 10.79.0.5 (")
 
 
 def test_start_redefines_a_defined_domain_keeping_its_uuid(host):
     host.install("vm1", drbd=drbd_state(role="Primary"), domain="defined")
     uuid = host.domains["vm1"].uuid
     pairvm.start("vm1")
-    assert host.actions() == ["virsh.define", "virsh.start", "arping"]  # already Primary: no promote
+    assert host.actions() == ["virsh.define", "virsh.start", "garp"]  # already Primary: no promote
     assert ET.fromstring(host.defined[-1]).findtext("uuid") == uuid
 
 
@@ -845,7 +853,8 @@ def test_start_with_test_lists_without_acting(host):
     before = host.snapshot()
     ret = pairvm.start("vm1", test=True)
     assert ret["changes"] == ["drbdadm primary vm1", "virsh define <domain vm1> && virsh start vm1",
-                              "arping -U -c 1 -I br0 10.79.0.5"]
+                              ret["changes"][-1]]
+    assert ret["changes"][-1].startswith("gratuitous ARP for 10.79.0.5")
     assert host.actions() == [] and host.snapshot() == before and host.defined == []
 
 
@@ -899,7 +908,7 @@ def test_start_disconnected_does_not_override_the_other_checks(host, state):
 def test_start_disconnected_runs_a_vm_whose_peer_is_unreachable(host):
     host.install("vm1", drbd=drbd_state(connection="Connecting", peer_role="Unknown", peer_disk="DUnknown"))
     pairvm.start("vm1", disconnected=True)
-    assert host.actions() == ["drbd.primary", "virsh.define", "virsh.start", "arping"]
+    assert host.actions() == ["drbd.primary", "virsh.define", "virsh.start", "garp"]
 
 
 # --- stop ---------------------------------------------------------------------------------------
