@@ -23,3 +23,15 @@ pairvm:
     resync_rate: 100M
     connect_int: 2
   vms: {}
+  # Host setup (pairvm.host): the lab builds its links, installs the packages
+  # and starts libvirtd itself; its volume groups sit on loop devices whose
+  # names change from run to run, so they are left out here.
+  host:
+    manage_packages: false
+    network:
+      apply: false
+      admin: {interface: eth0, prefix: 24}
+      replication: {interface: eth1, prefix: 24}
+      bridge: {ports: [pub0]}
+    libvirt:
+      manage_service: false

@@ -2,4 +2,5 @@
 # vim: ft=sls
 # The whole formula on a pairvm host.
 include:
+  - .host
   - .config

@@ -78,20 +78,47 @@ def test_health_check_reports_a_missing_bridge(salt_cli, lab):
         host.run(["ip", "link", "set", "br9", "name", "br0"])
 
 
-def test_applying_the_example_pillar_writes_each_hosts_view(salt_cli, lab):
-    ret = salt_cli.run("state.apply", "pairvm", minion_tgt="*")
+def test_host_setup_converges_and_a_second_apply_changes_nothing(salt_cli, salt_run_cli, lab):
+    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.host")
     assert ret.returncode == 0, ret
     view = lab.hosts["hostA"].run(["cat", "/machines/_global"]).stdout
     assert "me: hostA" in view and "peer: hostB" in view
     assert "me: hostB" in lab.hosts["hostB"].run(["cat", "/machines/_global"]).stdout
+    for states in salt_cli.run("state.apply", "pairvm", "test=True", minion_tgt="*").data.values():
+        pending = [k for k, s in states.items() if s["changes"] or s["result"] is None]
+        assert not pending, pending
     again = salt_cli.run("state.apply", "pairvm", minion_tgt="*")
     for host, states in again.data.items():
         changed = [k for k, s in states.items() if s["changes"]]
         assert not changed, (host, changed)
 
 
+def test_host_setup_writes_network_drbd_and_peer_trust(salt_cli, lab):
+    host = lab.hosts["hostA"]
+    parsed = host.run(["ifquery", "-i", "/etc/network/interfaces.d/pairvm", "br0"]).stdout
+    assert "bridge" in parsed and "pub0" in parsed
+    common = host.run(["cat", "/etc/drbd.d/global_common.conf"]).stdout
+    assert common == salt_cli.run("pairvm.drbd_common_config", minion_tgt="hostA").data
+    assert "usage-count no" in common and "after-sb-2pri disconnect" in common
+    keys = host.run(["cat", "/root/.ssh/authorized_keys"]).stdout
+    assert 'from="10.77.0.12"' in keys
+    # known_hosts is hashed: ask ssh-keygen for the peer's admin address.
+    assert host.run(["ssh-keygen", "-F", "10.77.0.12", "-f", "/root/.ssh/known_hosts"]).stdout
+
+
+def test_first_time_setup_checks_a_set_up_host(salt_cli, lab):
+    out = lab.hosts["hostA"].run(["pairvm", "first_time_setup"])
+    assert "state.apply pairvm.host" in out.stdout
+    assert "FAIL" not in out.stdout, out.stdout
+    lab.hosts["hostB"].run(["ip", "link", "set", "eth1", "down"])
+    try:
+        broken = lab.hosts["hostA"].run(["pairvm", "first_time_setup"], check=False)
+    finally:
+        lab.hosts["hostB"].run(["ip", "link", "set", "eth1", "up"])
+    assert broken.returncode == 1 and "FAIL" in broken.stdout and "10.78.0.12" in broken.stdout
+
+
 def test_host_command_prints_the_old_table(salt_cli, lab, minions):
-    salt_cli.run("state.apply", "pairvm", minion_tgt="hostA")
     host = lab.hosts["hostA"]
     env = [f"PAIRVM_SALT_CONFIG_DIR={minions['hostA'].config_dir}"]
     out = host.run(["env", *env, "/usr/local/sbin/pairvm", "list"]).stdout

@@ -95,10 +95,10 @@ def run():
     synced = _salt_json("salt-run", "saltutil.sync_all")
     show("salt-run saltutil.sync_all (what the master synced)", {k: v for k, v in synced.items() if v})
     _salt_json("salt", "*", "saltutil.sync_all")
-    applied = _salt_json("salt", "*", "state.apply", "pairvm")
-    show("salt '*' state.apply pairvm (changes)", {
-        host: {sid.split("_|-")[1]: bool(s["changes"]) for sid, s in states.items()}
-        for host, states in applied.items()
+    host_orch = _salt_json("salt-run", "state.orchestrate", "pairvm.orch.host")
+    steps = next(iter(host_orch.get("data", {}).values()), {})
+    show("salt-run state.orchestrate pairvm.orch.host (host setup, per step: ok?)", {
+        sid.split("_|-")[1]: s["result"] for sid, s in steps.items()
     })
     orch = _salt_json("salt-run", "state.orchestrate", "pairvm.orch.apply")
     steps = next(iter(orch.get("data", {}).values()), {})

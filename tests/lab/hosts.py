@@ -39,6 +39,9 @@ PRIVATE_PATHS = (
     "/var/lib/pairvm",
     "/etc/salt",
     "/var/lib/drbd",
+    "/etc/network",
+    "/etc/bash_completion.d",
+    "/root/.ssh",
     "/usr/local/sbin",
 )
 

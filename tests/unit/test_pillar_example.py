@@ -18,3 +18,11 @@ def test_pillar_example_is_valid_and_documents_every_vm_key():
 def test_the_lab_pillar_is_valid():
     pairvm = yaml.safe_load((REPO / "pillar" / "pairvm.sls").read_text())["pairvm"]
     assert set(schema.settings(pairvm)["pair"]) == {"hostA", "hostB"}
+
+
+def test_pillar_example_host_network_renders_the_seed_interfaces():
+    host_utils = load("_utils/pairvm_host.py", "example_host")
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    me = pairvm["pair"]["hostA"]
+    text = host_utils.interfaces(pairvm["host"]["network"], me["admin_ip"], me["replication_ip"])
+    assert "iface br0" in text and "vlan1000" in text and "iface eth1" in text

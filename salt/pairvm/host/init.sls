@@ -1,0 +1,13 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Host setup of a pairvm host (the old first_time_setup), from pillar
+# pairvm:host (docs/host-pillar.md): packages, network, volume groups, DRBD's
+# common configuration, libvirt, SSH trust with the peer, the host command.
+include:
+  - .packages
+  - .network
+  - .storage
+  - .drbd
+  - .libvirt
+  - .ssh
+  - .config
