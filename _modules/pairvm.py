@@ -353,7 +353,9 @@ def _create_steps(plan, record):
             f"LV {lv} is {lvs[lv]} MiB, smaller than VM {name}'s disc ({record['disc_mib']} MiB): "
             f"grow it with pairvm.resize"
         )
-    _write_step(plan, os.path.join(DRBD_DIR, "global_common.conf"), drbd_common_config())
+    secret = bool(_drbd_options().get("shared_secret"))  # then DRBD's files are root-only
+    _write_step(plan, os.path.join(DRBD_DIR, "global_common.conf"), drbd_common_config(),
+                0o600 if secret else 0o644)
     res_text = __utils__["pairvm_render.drbd_resource"](record, _drbd_options())
     _write_step(plan, os.path.join(DRBD_DIR, f"{name}.res"), res_text, 0o600, _write_resource)
     if new_lv:
