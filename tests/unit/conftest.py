@@ -20,6 +20,24 @@ def load(path, name):
     return module
 
 
+def pair_pillar():
+    """A fresh pillar ``pairvm:`` of the lab pair with two VMs (runner and verify tests)."""
+    return {
+        "pair": {
+            "hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
+            "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"},
+        },
+        "pool": {"cidr": "10.79.0.0/24", "gateway": "10.79.0.1"},
+        "bridge": "br0",
+        "memory_cap": 2048,
+        "domain_type": "qemu",
+        "vms": {
+            "vm1": {"home": "hostA", "memory": 256, "disc": "1G"},
+            "vm2": {"home": "hostB", "memory": 512, "disc": "2G"},
+        },
+    }
+
+
 class FakeClock:
     """Stands for the ``time`` module: sleeping advances a virtual clock at once."""
 

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.unit.conftest import FakeClock, load
+from tests.unit.conftest import FakeClock, load, pair_pillar
 
 runner = load("_runners/pairvm.py", "pairvm_runner")
 registry_pillar = load("_pillar/pairvm_registry.py", "pairvm_registry_pillar_for_runner")
@@ -19,20 +19,7 @@ schema = load("_utils/pairvm_schema.py", "pairvm_schema")
 alloc = load("_utils/pairvm_alloc.py", "pairvm_alloc")
 render = load("_utils/pairvm_render.py", "pairvm_render")
 
-PILLAR = {
-    "pair": {
-        "hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
-        "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"},
-    },
-    "pool": {"cidr": "10.79.0.0/24", "gateway": "10.79.0.1"},
-    "bridge": "br0",
-    "memory_cap": 2048,
-    "domain_type": "qemu",
-    "vms": {
-        "vm1": {"home": "hostA", "memory": 256, "disc": "1G"},
-        "vm2": {"home": "hostB", "memory": 512, "disc": "2G"},
-    },
-}
+PILLAR = pair_pillar()
 NO_ANSWER = object()
 
 

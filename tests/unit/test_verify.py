@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import REPO, load
+from tests.unit.conftest import REPO, load, pair_pillar
 
 runner = load("_runners/pairvm.py", "pairvm_runner_verify")
 schema = load("_utils/pairvm_schema.py", "pairvm_schema")
@@ -21,20 +21,7 @@ alloc = load("_utils/pairvm_alloc.py", "pairvm_alloc")
 render = load("_utils/pairvm_render.py", "pairvm_render")
 
 HOSTS = ("hostA", "hostB")
-PILLAR = {
-    "pair": {
-        "hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
-        "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"},
-    },
-    "pool": {"cidr": "10.79.0.0/24", "gateway": "10.79.0.1"},
-    "bridge": "br0",
-    "memory_cap": 2048,
-    "domain_type": "qemu",
-    "vms": {
-        "vm1": {"home": "hostA", "memory": 256, "disc": "1G"},
-        "vm2": {"home": "hostB", "memory": 512, "disc": "2G"},
-    },
-}
+PILLAR = pair_pillar()
 UP = {"role": "Secondary", "peer_role": "Secondary", "connection": "Connected",
       "replication": "Established", "disk": "UpToDate", "peer_disk": "UpToDate", "minor": 0,
       "volume": 0, "suspended": "no", "standalone": False, "split_brain": False, "connected": True,
