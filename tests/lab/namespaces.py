@@ -9,6 +9,7 @@ are bind-mounted onto files under ``/run/pvlab/ns`` (a private mount, as
 import ctypes
 import os
 import subprocess
+import time
 from pathlib import Path
 
 NS_DIR = Path("/run/pvlab/ns")
@@ -99,13 +100,27 @@ def netns_pids(name):
     return [int(pid) for pid in out.split() if int(pid) != os.getpid()]
 
 
-def kill_netns_processes(name):
-    """SIGKILL every process inside a lab network namespace (used at teardown)."""
-    for pid in netns_pids(name):
+def kill_netns_processes(name, timeout=10):
+    """SIGKILL every process inside a lab network namespace and wait until
+    they are gone (a dying process still pins its mount namespace)."""
+    pids = netns_pids(name)
+    for pid in pids:
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+
+
+def _alive(pid):
+    """True while pid exists and is not a zombie (PID 1 here never reaps them)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def lab_netns_names():
