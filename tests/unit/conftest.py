@@ -1,6 +1,8 @@
 """Unit tier: the formula's modules with Salt's dunders mocked; no daemons."""
 
+import functools
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -18,6 +20,24 @@ def load(path, name):
     spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
+
+
+UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render")
+
+
+@functools.cache
+def _util_modules():
+    return tuple((name, load(f"_utils/{name}.py", f"real_{name}")) for name in UTILS)
+
+
+def real_utils():
+    """``__utils__`` made of the real, pure pairvm utils: every public function of each."""
+    return {
+        f"{prefix}.{fname}": func
+        for prefix, module in _util_modules()
+        for fname, func in vars(module).items()
+        if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__
+    }
 
 
 def pair_pillar():

@@ -1,13 +1,12 @@
 """pairvm.facts with Salt's loader and libvirt mocked: one query of each kind, whatever the VM count."""
 
 import hashlib
-import inspect
 import json
 from unittest import mock
 
 import pytest
 
-from tests.unit.conftest import load
+from tests.unit.conftest import load, real_utils
 
 pairvm = load("_modules/pairvm.py", "pairvm_module_facts")
 schema = load("_utils/pairvm_schema.py", "pairvm_schema")
@@ -28,13 +27,6 @@ VGS = {"report": [{"vg": [
 ]}]}
 
 
-def real_utils():
-    utils = {}
-    for prefix, module in (("pairvm_schema", schema), ("pairvm_alloc", alloc), ("pairvm_render", render)):
-        for fname, func in vars(module).items():
-            if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
-                utils[f"{prefix}.{fname}"] = func
-    return utils
 
 
 class Domain:

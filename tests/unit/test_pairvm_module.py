@@ -1,7 +1,6 @@
 """_modules/pairvm.py with Salt's loader mocked: list and check_system."""
 
 import copy
-import inspect
 import json
 import stat
 import xml.etree.ElementTree as ET
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from salt.exceptions import CommandExecutionError
-from tests.unit.conftest import FakeClock, load
+from tests.unit.conftest import FakeClock, load, real_utils
 
 pairvm = load("_modules/pairvm.py", "pairvm_module")
 
@@ -168,14 +167,6 @@ MUTATING = {
 BAD_NAMES = ["bad;name", "../x", "abcdefghijklm", "all", "Vm1", "", "vm 1", "-rf"]
 
 
-def real_utils():
-    """``__utils__`` made of the real, pure pairvm utils: every public function of each."""
-    utils = {}
-    for prefix, module in (("pairvm_schema", schema), ("pairvm_alloc", alloc), ("pairvm_render", render)):
-        for fname, func in vars(module).items():
-            if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
-                utils[f"{prefix}.{fname}"] = func
-    return utils
 
 
 def drbd_state(role="Secondary", peer_role="Secondary", connection="Connected", disk="UpToDate",

@@ -5,32 +5,21 @@ pillar below merged with the real ``pairvm_registry`` ext_pillar, as the master 
 """
 
 import copy
-import inspect
 import os
 import re
 
 import pytest
 
-from tests.unit.conftest import FakeClock, load, pair_pillar
+from tests.unit.conftest import FakeClock, load, pair_pillar, real_utils
 
 runner = load("_runners/pairvm.py", "pairvm_runner")
 registry_pillar = load("_pillar/pairvm_registry.py", "pairvm_registry_pillar_for_runner")
 schema = load("_utils/pairvm_schema.py", "pairvm_schema")
-alloc = load("_utils/pairvm_alloc.py", "pairvm_alloc")
-render = load("_utils/pairvm_render.py", "pairvm_render")
 
 PILLAR = pair_pillar()
 NO_ANSWER = object()
 
 
-def real_utils():
-    """``__utils__`` made of the real, pure pairvm utils: every public function of each."""
-    utils = {}
-    for prefix, module in (("pairvm_schema", schema), ("pairvm_alloc", alloc), ("pairvm_render", render)):
-        for fname, func in vars(module).items():
-            if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
-                utils[f"{prefix}.{fname}"] = func
-    return utils
 
 
 class MinionFailed(Exception):

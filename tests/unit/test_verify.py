@@ -6,14 +6,13 @@ The facts of the healthy pair are built from the real schema, allocator and rend
 """
 
 import copy
-import inspect
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.unit.conftest import REPO, load, pair_pillar
+from tests.unit.conftest import REPO, load, pair_pillar, real_utils
 
 runner = load("_runners/pairvm.py", "pairvm_runner_verify")
 schema = load("_utils/pairvm_schema.py", "pairvm_schema")
@@ -29,13 +28,6 @@ UP = {"role": "Secondary", "peer_role": "Secondary", "connection": "Connected",
 NO_ANSWER = object()
 
 
-def real_utils():
-    utils = {}
-    for prefix, module in (("pairvm_schema", schema), ("pairvm_alloc", alloc), ("pairvm_render", render)):
-        for fname, func in vars(module).items():
-            if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__:
-                utils[f"{prefix}.{fname}"] = func
-    return utils
 
 
 def drbd(**changes):
