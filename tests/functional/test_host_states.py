@@ -75,24 +75,6 @@ exec cat >/dev/null
 """
 
 
-def _start_time(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _reap_killed_runs(base: Path):
-    """Detach the loops of earlier runs of this module whose holder is gone (killed runs)."""
-    for pidfile in base.parent.glob("pytest-*/pvhost*/holder.pid"):
-        try:
-            pid, start = pidfile.read_text().split()
-            alive = _start_time(int(pid)) == start
-        except (OSError, ValueError):
-            alive = False
-        if not alive:
-            lablvm.detach_lab_loops(pidfile.parent)
-            pidfile.unlink(missing_ok=True)
 
 
 class Host:
@@ -132,7 +114,7 @@ class Host:
         if line.strip() != "ready":
             self.holder.kill()
             raise RuntimeError(f"namespace setup failed: {line}{self.holder.stderr.read()}")
-        (base / "holder.pid").write_text(f"{self.holder.pid} {_start_time(self.holder.pid)}")
+        lablvm.record_holder(base, self.holder.pid)
         self.env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     "HOME": str(base), "LANG": "C.UTF-8", "DRBD_DRIVER_VERSION_OVERRIDE": "8.4.11"}
 
@@ -197,7 +179,7 @@ class Host:
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    _reap_killed_runs(tmp_path_factory.getbasetemp())
+    lablvm.reap_killed_runs(tmp_path_factory.getbasetemp(), "pvhost")
     made = Host(tmp_path_factory.mktemp("pvhost"))
     try:
         yield made

@@ -81,7 +81,7 @@ class Host:
             self.holder.kill()
             raise RuntimeError(f"namespace setup failed: {line}{self.holder.stderr.read()}")
         self.mnt_ns = os.readlink(f"/proc/{self.holder.pid}/ns/mnt")
-        (data / "holder.pid").write_text(f"{self.holder.pid} {_start_time(self.holder.pid)}")
+        lablvm.record_holder(data, self.holder.pid)
         self.env = {
             "PATH": f"{SHIMS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "PVLAB_DATA": str(data),
@@ -122,35 +122,11 @@ class Host:
         return detached
 
 
-def _reap_killed_runs(base: Path):
-    """Detach the loops of earlier runs of this module that were killed.
-
-    A run's data dir records its namespace holder's pid; when that process
-    is gone (killed run), nothing uses the dir's loops any more. A run still
-    going on elsewhere keeps its holder alive and is left alone.
-    """
-    for pidfile in base.parent.glob("pytest-*/pvlab*/holder.pid"):
-        try:
-            pid, start = pidfile.read_text().split()
-            alive = _start_time(int(pid)) == start
-        except (OSError, ValueError):
-            alive = False
-        if not alive:
-            lablvm.detach_lab_loops(pidfile.parent)
-            pidfile.unlink(missing_ok=True)
-
-
-def _start_time(pid: int) -> str:
-    """Start time of a process (field 22 of /proc/PID/stat): pid reuse-proof."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    _reap_killed_runs(tmp_path_factory.getbasetemp())
+    lablvm.reap_killed_runs(tmp_path_factory.getbasetemp(), "pvlab")
     lab = Host(tmp_path_factory.mktemp("pvlab"))
     try:
         lab.pvs = lablvm.create_volume_groups(lab.run_checked, lab.dir, PV_MIB)

@@ -259,3 +259,31 @@ def _loop_node(dev: str) -> str:
     node = f"/run/pvlab-loop{num}.{os.getpid()}"
     os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(7, num))
     return node
+
+
+def process_start_time(pid: int) -> str:
+    """Start time of a process (field 22 of /proc/PID/stat): tells a pid reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def record_holder(data_dir: Path, pid: int) -> None:
+    """Note which process holds the namespaces that use data_dir's loop devices."""
+    (Path(data_dir) / "holder.pid").write_text(f"{pid} {process_start_time(pid)}")
+
+
+def reap_killed_runs(base: Path, prefix: str) -> None:
+    """Detach the loops of earlier test runs (pytest temp dirs ``<prefix>*``)
+    whose holder process is gone: a killed run. A run still going on
+    elsewhere keeps its holder alive and is left alone."""
+    for pidfile in Path(base).parent.glob(f"pytest-*/{prefix}*/holder.pid"):
+        try:
+            pid, start = pidfile.read_text().split()
+            alive = process_start_time(int(pid)) == start
+        except (OSError, ValueError):
+            alive = False
+        if not alive:
+            detach_lab_loops(pidfile.parent)
+            pidfile.unlink(missing_ok=True)
