@@ -651,7 +651,8 @@ def list_(fields=None):
     """
     wanted = _parse_fields(fields)
     machines = _machines()
-    me = _this_host().get("me", _me())
+    view = _this_host()
+    me = view.get("me", _me())
     running = _libvirt_running() if machines else set()
     drbd = _drbd_status() if machines else {}
     rows = [_row(name, conf, running, drbd, me) for name, conf in machines.items()]
@@ -659,7 +660,7 @@ def list_(fields=None):
         "here": sum(r["memory"] or 0 for r in rows if r["location"] == "home"),
         "there": sum(r["memory"] or 0 for r in rows if r["location"] == "away"),
         "running": sum(r["memory"] or 0 for r in rows if r["running"]),
-        "cap": _this_host().get("memory_cap"),
+        "cap": view.get("memory_cap"),
     }
     return {"vms": [{k: r[k] for k in wanted} for r in rows], "memory": memory}
 
