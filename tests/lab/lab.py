@@ -8,11 +8,13 @@
 ``python -m tests.lab up|down|clean|status|shell HOST`` does the same by hand.
 """
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.lab import hosts as hostlib
@@ -30,6 +32,24 @@ PV_SIZE_MIB = 1024
 SALT_TEST_ROOT = Path("/tmp/pvsalt")
 # Daemons only the lab starts here; zombies (orphans PID 1 never reaps) do not count.
 LAB_PROCESS = re.compile(r"qemu-system|libvirtd|virtlogd|salt-minion|salt-master")
+# The lab's paths and namespace names are fixed: one lab run at a time.
+LOCK_PATH = Path("/run/lock/pvlab.lock")
+_lock_fd = None
+
+
+def hold_lock():
+    """Take the machine-wide lab lock (waiting for another run), kept until exit."""
+    global _lock_fd
+    if _lock_fd is not None:
+        return
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"lab: another run holds {LOCK_PATH}; waiting for it", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _lock_fd = fd
 
 
 def create_control_namespace():
@@ -108,7 +128,11 @@ class Lab:
 
 
 def clean():
-    """Remove every trace of a lab, including one left by a killed run."""
+    """Remove every trace of a lab, including one left by a killed run.
+
+    Every lab run starts here, so this is where it takes the lab lock.
+    """
+    hold_lock()
     for name in namespaces.lab_netns_names():
         namespaces.kill_netns_processes(name)
     for name in namespaces.lab_netns_names():
