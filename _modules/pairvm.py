@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import time
 from xml.sax.saxutils import quoteattr
 
@@ -259,6 +260,28 @@ class _Plan:
         if self.test and self.changes:
             comment = f"would: {comment}"
         return {"name": self.name, "changes": self.changes, "comment": comment}
+
+
+# The host command shows stderr lines after this prefix as progress (files/pairvm).
+PROGRESS_PREFIX = "pairvm progress: "
+
+
+def _progress(operation, name, figures):
+    """Report a long operation's figures (bytes, total, percent, rate, eta).
+
+    As event ``pairvm/<operation>/<name>/progress`` (the master's bus under a
+    minion, the local bus under ``salt-call --local``) and, under salt-call,
+    as a line on stderr for the terminal.
+    """
+    data = dict(figures, operation=operation, name=name)
+    try:
+        __salt__["event.send"](f"pairvm/{operation}/{name}/progress", data)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("pairvm: progress event not sent: %s", exc)
+    if __opts__.get("__cli") == "salt-call":
+        text = __utils__["pairvm_progress.line"](operation, name, figures)
+        sys.stderr.write(f"{PROGRESS_PREFIX}{text}\n")
+        sys.stderr.flush()
 
 
 def _write(path, text, mode=0o644):

@@ -22,7 +22,7 @@ def load(path, name):
     return module
 
 
-UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render")
+UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render", "pairvm_progress")
 
 
 @functools.cache
@@ -78,8 +78,10 @@ class FakeClock:
 def loader_mock():
     """Install Salt's dunders on a loaded module: ``loader_mock(module, salt=..)``."""
 
-    def install(module, salt=None, grains=None, opts=None):
+    def install(module, salt=None, grains=None, opts=None, utils=None):
         module.__salt__ = salt or {}
+        if utils is not None:
+            module.__utils__ = utils
         module.__grains__ = grains or {"id": "hostA"}
         module.__opts__ = opts or {}
         module.__context__ = {}
