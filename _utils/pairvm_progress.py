@@ -41,6 +41,19 @@ class Meter:
         return self.figures(done, now)
 
 
+def meter(total, start, interval=1.0):
+    """
+    A ``Meter`` (Salt's loader hands out functions, not classes).
+
+    Example (utils are not on the Salt CLI; modules call them):
+
+    .. code-block:: python
+
+        meter = __utils__["pairvm_progress.meter"](total_bytes, time.monotonic())
+    """
+    return Meter(total, start, interval)
+
+
 def size(count):
     """1536 -> '1.5 KiB'."""
     value = float(count)
