@@ -15,6 +15,7 @@ command; no changes means nothing was to do. They raise
 """
 
 import contextlib
+import contextvars
 import fcntl
 import functools
 import hashlib
@@ -1221,8 +1222,10 @@ def _bk(func):
 
 
 def _backup_settings(**overrides):
-    """Pillar pairvm:backup with defaults, then the call's own non-None arguments."""
-    settings = _schema("backup_settings", _setting("backup", None))
+    """Pillar pairvm:backup (else /machines/_global's copy) with defaults, then the
+    call's own non-None arguments."""
+    raw = _setting("backup", None)
+    settings = _schema("backup_settings", raw if raw is not None else _this_host().get("backup"))
     given = {key: value for key, value in overrides.items() if value is not None}
     if given:
         settings = _schema("backup_settings", {**settings, **given, "schedule": {}})
@@ -1253,7 +1256,7 @@ class _Pipeline:
     the first failed stage in words."""
 
     def __init__(self):
-        self.procs, self.errors, self.threads = [], {}, []
+        self.procs, self.errors, self.threads, self.stopped = [], {}, [], set()
 
     def start(self, what, argv, **kwargs):
         try:
@@ -1274,9 +1277,17 @@ class _Pipeline:
                 if on_line is None or not on_line(text):
                     lines.append(text)
 
-        thread = threading.Thread(target=read, daemon=True)
+        # Salt's dunders live in a context variable: the thread gets a copy.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(read,), daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def stop(self):
+        """A stage ended early: stop the others (they would wait on a pipe forever)."""
+        for _what, _tool, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                self.stopped.add(proc)
 
     def wait(self):
         for _what, _tool, proc in self.procs:
@@ -1285,13 +1296,13 @@ class _Pipeline:
             thread.join(timeout=10)
 
     def failure(self):
-        """'ssh (sending to the backup host) failed with rc 255: ...' or None."""
+        """(stage, 'ssh (sending to the backup host) failed with rc 255: ...') or None."""
         for what, tool, proc in self.procs:
             rc = proc.returncode
-            if rc:
+            if rc and proc not in self.stopped:
                 said = "; ".join(line for line in self.errors.get(what, []) if line)[-400:]
                 how = f"was killed by signal {-rc}" if rc < 0 else f"failed with rc {rc}"
-                return f"{tool} ({what}) {how}" + (f": {said}" if said else "")
+                return what, f"{tool} ({what}) {how}" + (f": {said}" if said else "")
         return None
 
     def close(self):
@@ -1301,7 +1312,8 @@ class _Pipeline:
             proc.wait()
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream:
-                    stream.close()
+                    with contextlib.suppress(OSError):  # unflushed data to a dead process
+                        stream.close()
 
 
 def _remote(dest, settings, script, *lines, timeout=120):
@@ -1325,9 +1337,10 @@ def _dest_text(dest):
     return f"{dest['user']}@{dest['host']}:{dest['path']}"
 
 
-def _send(name, device, size, dest, settings):
+def _send(name, device, size, dest, settings, before_commit):
     """Read ``size`` bytes of ``device`` (pv, rate-limited), compress, send over
-    ssh to ``dest``'s temporary name, compare checksums, then rename there."""
+    ssh to ``dest``'s temporary name, compare checksums, call ``before_commit``
+    (it raises to refuse), then rename there."""
     pipe, committed, started = _Pipeline(), False, time.monotonic()
     meter = __utils__["pairvm_progress.meter"](size, started)
 
@@ -1360,18 +1373,19 @@ def _send(name, device, size, dest, settings):
                 sent += len(chunk)
             sender.stdin.close()
         except BrokenPipeError:
-            pass  # ssh ended early: its rc and message say why, below
+            pipe.stop()  # ssh ended early: its rc and message say why, below
         answer = sender.stdout.read().decode(errors="replace")
         pipe.wait()
         failed = pipe.failure()
         if failed:
-            raise CommandExecutionError(f"backup of {name} to {_dest_text(dest)} failed: {failed}")
+            raise CommandExecutionError(f"backup of {name} to {_dest_text(dest)} failed: {failed[1]}")
         remote_sum, remote_size = _bk("parse_remote_sum")(answer)[:2]
         if (remote_sum, remote_size) != (digest.hexdigest(), sent):
             raise CommandExecutionError(
                 f"backup of {name}: the backup host received {remote_size} bytes (sha256 {remote_sum}), "
                 f"{sent} were sent (sha256 {digest.hexdigest()}); nothing was renamed"
             )
+        before_commit()
         _remote(dest, settings, "commit", dest["path"], digest.hexdigest())
         committed = True
     finally:
@@ -1388,14 +1402,17 @@ def _send(name, device, size, dest, settings):
 def _snapshot_valid(snap_lv):
     """Refuse a snapshot that overflowed while it was read (its data is lost)."""
     res = __salt__["cmd.run_all"](
-        ["lvs", "--reportformat", "json", "-o", "lv_snapshot_invalid,snap_percent", snap_lv],
+        ["lvs", "--reportformat", "json", "-o", "lv_full_name,lv_snapshot_invalid,snap_percent", snap_lv],
         python_shell=False, ignore_retcode=True,
     )
     rows = salt.utils.json.loads(res["stdout"] or "{}").get("report", [{}])[0].get("lv", []) \
         if res["retcode"] == 0 else []
-    if not rows or rows[0].get("lv_snapshot_invalid") or rows[0].get("snap_percent", "").startswith("100"):
+    if not rows:
+        said = res["stderr"] or res["stdout"]
+        raise CommandExecutionError(f"cannot read the state of snapshot {snap_lv}: {said}")
+    if rows[0].get("lv_snapshot_invalid") or rows[0].get("snap_percent", "").startswith("100"):
         raise CommandExecutionError(
-            f"snapshot {snap_lv} overflowed while it was read: raise pairvm:backup:snapshot_size"
+            f"snapshot {snap_lv} overflowed while it was read ({rows[0]}): raise pairvm:backup:snapshot_size"
         )
 
 
@@ -1423,9 +1440,8 @@ def _backup_one(record, destination, settings, on_running_host, test):
                 f"pv {speed}/dev/{vg}/{snap} ({size} bytes) | {settings['compress']} "
                 f"| ssh -i {settings['key']} {dest['user']}@{dest['host']} > {dest['path']}.partial, "
                 f"checksum, rename to {dest['path']} (+ .sha256)",
-                _send, name, f"/dev/{vg}/{snap}", size, dest, settings)
-            if not test:
-                _snapshot_valid(f"{vg}/{snap}")
+                _send, name, f"/dev/{vg}/{snap}", size, dest, settings,
+                functools.partial(_snapshot_valid, f"{vg}/{snap}"))
         finally:
             plan.step(f"lvremove -f {vg}/{snap}", _lvremove, snap, vg)
     result = plan.result(f"VM {name} backed up to {_dest_text(dest)}")
@@ -1505,26 +1521,28 @@ def _backup_many(names, destination, settings, on_running_host, test):
     return {"name": ",".join(names), "changes": changes, "comment": comment, "vms": report}
 
 
-def backup_schedule():
+def backup_settings():
     """
-    The backup jobs of pillar ``pairvm:backup:schedule``, validated, as the
-    state ``pairvm.host.backup`` turns them into scheduler jobs:
-    ``{id: {name, destination, speed, compress, cron}}`` (``name`` is ``all``
-    or a comma-separated list of VMs).
+    The backup settings of this host: pillar ``pairvm:backup`` validated, with
+    defaults, or (without a master) the copy the ``pairvm.config`` state keeps
+    in /machines/_global. ``schedule`` is ``{id: {name, destination, speed,
+    compress, cron}}`` (``name``: ``all`` or a comma-separated list of VMs),
+    what the state ``pairvm.host.backup`` turns into scheduler jobs.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' pairvm.backup_schedule
+        salt '*' pairvm.backup_settings
     """
-    jobs = _backup_settings()["schedule"]
-    return {
+    settings = _backup_settings()
+    settings["schedule"] = {
         job_id: {"name": job["vms"] if job["vms"] == "all" else ",".join(job["vms"]),
                  "destination": job["destination"], "speed": job["speed"],
                  "compress": job["compress"], "cron": job["cron"]}
-        for job_id, job in jobs.items()
+        for job_id, job in settings["schedule"].items()
     }
+    return settings
 
 
 def _receive(operation, name, src, settings, total, sink):
@@ -1557,11 +1575,13 @@ def _receive(operation, name, src, settings, total, sink):
                 chunk = fetch.stdout.read1(1 << 20)
             unpack.stdin.close()
         except BrokenPipeError:
-            pass  # the decompressor ended early: its rc and message say why, below
+            pipe.stop()  # the decompressor ended early: its rc and message say why, below
         pipe.wait()
         failed = pipe.failure()
+        if failed and failed[0].endswith("decompression"):
+            raise CommandExecutionError(f"{_dest_text(src)} is damaged: {failed[1]}")
         if failed:
-            raise CommandExecutionError(f"{operation} of {_dest_text(src)} failed: {failed}")
+            raise CommandExecutionError(f"{operation} of {_dest_text(src)} failed: {failed[1]}")
     finally:
         pipe.close()
     _progress(operation, name, meter.update(got, time.monotonic(), final=True))

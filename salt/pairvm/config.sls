@@ -11,6 +11,9 @@ pairvm-config-host-in-pair:
     - name: "minion {{ me }} is not one of pillar pairvm:pair ({{ pairvm.pair | list | join(', ') }})"
 {%- else %}
 {%- set peer = peers | first | default(none) %}
+{#- The SSH settings of backups, for the host command without a master. #}
+{%- set backup = salt['pairvm.backup_settings']() %}
+{%- do backup.pop('schedule') %}
 
 pairvm-config-machines-dir:
   file.directory:
@@ -36,6 +39,7 @@ pairvm-config-global-file:
         bridge: {{ pairvm.bridge }}
         memory_cap: {{ pairvm.memory_cap }}
         domain_type: {{ pairvm.domain_type }}
+        backup: {{ backup | json }}
     - require:
       - file: pairvm-config-machines-dir
 

@@ -651,3 +651,63 @@ def test_first_time_setup_with_a_broken_global_fails_clearly(setup_host, capsys)
     checks = report(capsys.readouterr().out)
     assert checks == {str(setup_host.global_path): (False, "cannot be read: line 2 is not 'key: value': "
                                                            "'what: is this'")}
+
+
+# --- backup, restore, verify_backup: they show progress while salt-call runs ----------------
+
+
+@pytest.fixture
+def streamed(monkeypatch):
+    """Fake run_showing_progress (the path of commands with progress=True)."""
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        result = {"name": "vm1", "changes": ["lvcreate -s"], "comment": "VM vm1 backed up",
+                  "bytes": 1024, "sent": 100, "seconds": 1.0, "sha256": "ab" * 32}
+        return subprocess.CompletedProcess(argv, 0, json.dumps({"local": result}), "")
+
+    monkeypatch.setattr(cli, "run_showing_progress", run)
+    return calls
+
+
+@pytest.mark.parametrize(("argv", "function", "args"), [
+    (["backup", "vm1", "bk@store:/b/vm1.gz"], "pairvm.backup",
+     ["name=vm1", "destination=bk@store:/b/vm1.gz"]),
+    (["backup", "all", "bk@store:/b/_NAME.gz", "1024"], "pairvm.backup",
+     ["name=all", "destination=bk@store:/b/_NAME.gz", "speed=1024"]),
+    (["backup", "vm1", "bk@store:/b/vm1.zst", "0", "--zstd", "--on-running-host"], "pairvm.backup",
+     ["name=vm1", "destination=bk@store:/b/vm1.zst", "speed=0", "compress=zstd", "on_running_host=True"]),
+    (["restore", "vm2", "bk@store:/b/vm1.gz", "--yes-really"], "pairvm.restore",
+     ["name=vm2", "source=bk@store:/b/vm1.gz", "confirm=True"]),
+    (["verify_backup", "bk@store:/b/_NAME.gz", "vm1"], "pairvm.verify_backup",
+     ["source=bk@store:/b/_NAME.gz", "name=vm1"]),
+])
+def test_backup_commands_build_their_salt_call_and_show_progress(streamed, salt, argv, function, args):
+    assert cli.main(argv) == 0
+    (called,) = streamed
+    assert call_of(called)[:2] == (function, args)
+    assert salt.calls == []  # not through subprocess.run: the progress path
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["backup", "vm1"], "missing the destination"),
+    (["backup", "vm1", "bk@h:/p", "fast"], "SPEED"),
+    (["restore", "vm1", "bk@h:/p"], "--yes-really"),
+    (["backup", "vm1", "-oProxyCommand=x@h:/p"], "unknown option"),
+    (["verify_backup"], "missing the backup"),
+])
+def test_backup_commands_refuse_bad_arguments_before_salt(streamed, capsys, argv, message):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err and streamed == []
+
+
+def test_backup_all_prints_one_line_per_vm():
+    text = cli.format_backup({"name": "vm1,vm2,vm3", "changes": [],
+                              "comment": "backed up: vm1; FAILED: vm2",
+                              "vms": {"vm1": {"result": True, "destination": "bk@h:/b/vm1.gz"},
+                                      "vm2": {"result": False, "comment": "ssh failed"},
+                                      "vm3": {"result": None, "comment": "skipped: it runs here"}}})
+    assert text.splitlines() == [
+        "vm1           ok       bk@h:/b/vm1.gz", "vm2           FAILED   ssh failed",
+        "vm3           skipped  skipped: it runs here", "backed up: vm1; FAILED: vm2"]

@@ -1,0 +1,279 @@
+"""Backups across the pair, to a real sshd, as an operator runs them.
+
+Each lab host runs a real sshd on its own loopback (127.0.0.1:2222) for a
+backup user ``pvbackup`` with a key; both serve the same directory, so
+either host reaches "the backup host" at the same address.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import salt.utils.yaml
+from tests.integration.test_vm_lifecycle import HOSTS, hv, in_sync, start_and_wait, wait_for
+
+BACKUP_DIR = Path("/var/tmp/pvbackup")
+SSHD_DIR = Path("/var/tmp/pvbackup-sshd")
+USER = "pvbackup"
+PORT = 2222
+KEY = "/root/.ssh/pairvm_backup"
+KNOWN_HOSTS = "/root/.ssh/pairvm_backup_known_hosts"
+PATTERN = Path("/tmp/pvbackup-pattern")
+SETTINGS = {"port": PORT, "key": KEY, "known_hosts": KNOWN_HOSTS}
+
+
+def dest(path):
+    return f"{USER}@127.0.0.1:{BACKUP_DIR}/{path}"
+
+
+@pytest.fixture(scope="module")
+def backup_host(lab):
+    """sshd on each host's loopback for user pvbackup; the key and known host in /root/.ssh."""
+    conf = SSHD_DIR  # sshd reads authorized_keys as the user: not under pytest's 0700 tmp
+    subprocess.run(["rm", "-rf", str(conf)], check=True)
+    conf.mkdir(mode=0o755)
+    if subprocess.run(["id", USER], capture_output=True, check=False).returncode:
+        subprocess.run(["useradd", "--system", "--home-dir", str(BACKUP_DIR), "--shell", "/bin/sh",
+                        "--password", "*", USER],
+                       check=True)
+    BACKUP_DIR.mkdir(mode=0o755, exist_ok=True)
+    subprocess.run(["chown", f"{USER}:", str(BACKUP_DIR)], check=True)
+    for key in ("client", "hostkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(conf / key)], check=True)
+    (conf / "authorized_keys").write_text((conf / "client.pub").read_text())
+    (conf / "sshd_config").write_text(
+        f"Port {PORT}\nListenAddress 127.0.0.1\nHostKey {conf / 'hostkey'}\n"
+        f"AuthorizedKeysFile {conf / 'authorized_keys'}\nAllowUsers {USER}\n"
+        # StrictModes would refuse the files under /tmp (world-writable parents).
+        "PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n")
+    known = f"[127.0.0.1]:{PORT} {(conf / 'hostkey.pub').read_text()}"
+    daemons = []
+    for host in lab.hosts.values():
+        host.run(["install", "-D", "-m", "0600", str(conf / "client"), KEY])
+        host.run(["tee", KNOWN_HOSTS], input=known)
+        host.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
+        daemons.append(subprocess.Popen(host.argv(["/usr/sbin/sshd", "-D", "-f", str(conf / "sshd_config"),
+                                   "-E", str(conf / f"sshd-{host.name}.log")]),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_for(lambda h=host: h.run(["sh", "-c", f"ss -ltn | grep -q '127.0.0.1:{PORT} '"],
+                                      check=False).returncode == 0, f"sshd in {host.name}", timeout=15)
+    try:
+        yield BACKUP_DIR
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+        subprocess.run(["rm", "-rf", str(BACKUP_DIR), str(SSHD_DIR), str(PATTERN)], check=False)
+        subprocess.run(["userdel", USER], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def backup_pillar(salt_master, salt_cli):
+    """pairvm:backup of the test (written into the test pillar file), refreshed on both
+    minions; and the host command installed on both (state pairvm.config)."""
+    path = Path(salt_master.config["pillar_roots"]["base"][0]) / "test_vms.sls"
+
+    def write(backup):
+        path.write_text(salt.utils.yaml.safe_dump({"pairvm": {"backup": backup}} if backup else {}))
+        assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*").returncode == 0
+
+    write(SETTINGS)
+    assert salt_cli.run("state.apply", "pairvm.config", minion_tgt="*").returncode == 0
+    yield write
+    write(None)
+
+
+def create(salt_run_cli, salt_cli, name, home):
+    ret = salt_run_cli.run("pairvm.create", name, home, "128", "64M", "state=stopped",
+                           f"hypervisor_options={json.dumps(hv(name))}")
+    assert ret.returncode == 0, ret
+    wait_for(lambda: in_sync(salt_cli, name), f"{name} in sync")
+
+
+def minor(host, name):
+    return salt.utils.yaml.safe_load(host.run(["cat", f"/machines/{name}"]).stdout)["drbd_minor"]
+
+
+def disc_head_sha(host, name, size):
+    """sha256 of the first ``size`` bytes of the VM's DRBD device on ``host``."""
+    out = host.run(["sh", "-c", f"head -c {size} /dev/drbd{minor(host, name)} | sha256sum"]).stdout
+    return out.split()[0]
+
+
+@pytest.fixture(scope="module")
+def bvm1(backup_host, backup_pillar, salt_run_cli, salt_cli, lab):
+    """A VM homed on hostA whose disc starts with a known pattern (8 MiB, half random)."""
+    create(salt_run_cli, salt_cli, "bvm1", "hostA")
+    rng = hashlib.sha256(b"pairvm").digest() * 4096  # 128 KiB that repeat
+    PATTERN.write_bytes(b"PAIRVM BACKUP PATTERN\n" + os.urandom(4 * 2**20) + rng * 32)
+    host = lab.hosts["hostA"]
+    assert salt_cli.run("drbd.primary", "bvm1", minion_tgt="hostA").returncode == 0
+    host.run(["dd", f"if={PATTERN}", f"of=/dev/drbd{minor(host, 'bvm1')}", "bs=1M", "conv=fsync",
+              "status=none"])
+    assert salt_cli.run("drbd.secondary", "bvm1", minion_tgt="hostA").returncode == 0
+    yield "bvm1"
+    salt_run_cli.run("pairvm.destroy", "bvm1", "confirm=True", "force=True")
+
+
+def pattern_sha():
+    return hashlib.sha256(PATTERN.read_bytes()).hexdigest()
+
+
+def snapshots(lab):
+    """Backup snapshots left on either host."""
+    return [f"{h}:{line.strip()}" for h in HOSTS for line in lab.hosts[h].run(
+        ["lvs", "--noheadings", "-o", "lv_name"]).stdout.splitlines() if line.strip().endswith("-backup")]
+
+
+def files():
+    return sorted(str(p.relative_to(BACKUP_DIR)) for p in BACKUP_DIR.rglob("*") if p.is_file())
+
+
+def host_command(lab, minions, host, *args):
+    env = f"PAIRVM_SALT_CONFIG_DIR={minions[host].config_dir}"
+    return lab.hosts[host].run(["env", env, "pairvm", *args], check=False, timeout=300)
+
+
+def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
+        bvm1, lab, salt_cli, salt_run_cli, salt_master, event_listener):
+    start_and_wait(salt_cli, lab.hosts["hostA"], "bvm1")
+    refused = salt_cli.run("pairvm.backup", "bvm1", dest("bvm1.gz"), minion_tgt="hostA")
+    assert refused.returncode != 0 and "it runs on this host" in str(refused.data), refused
+    assert files() == []
+
+    started = time.time()
+    ret = salt_cli.run("pairvm.backup", "bvm1", dest("_NAME.gz"), "speed=16384", minion_tgt="hostB")
+    assert ret.returncode == 0, ret
+    assert files() == ["bvm1.gz", "bvm1.gz.sha256"]
+    check = subprocess.run(["sha256sum", "-c", "bvm1.gz.sha256"], cwd=BACKUP_DIR, capture_output=True,
+                           text=True, check=False)
+    assert check.returncode == 0 and check.stdout == "bvm1.gz: OK\n", check
+    head = subprocess.run(["sh", "-c", f"pigz -dc {BACKUP_DIR}/bvm1.gz | head -c {PATTERN.stat().st_size}"],
+                          capture_output=True, check=True).stdout
+    assert hashlib.sha256(head).hexdigest() == pattern_sha()
+    assert ret.data["bytes"] > 60 * 2**20
+    assert (BACKUP_DIR / "bvm1.gz.sha256").read_text() == f"{ret.data['sha256']}  bvm1.gz\n"
+    assert snapshots(lab) == []
+
+    events = event_listener.get_events([(salt_master.id, "pairvm/backup/bvm1/progress")], after_time=started)
+    # event.send wraps what it sends in "data"
+    figures = [e.data["data"] for e in sorted(events, key=lambda e: e.stamp)]
+    done = [f["bytes"] for f in figures]
+    assert len(done) >= 3 and done == sorted(done) and done[-1] == ret.data["bytes"], done
+    assert all(f["rate"] > 0 and "eta" in f and f["total"] == ret.data["bytes"] for f in figures)
+
+    verified = salt_cli.run("pairvm.verify_backup", dest("bvm1.gz"), minion_tgt="hostA")
+    assert verified.returncode == 0 and verified.data["compression"] == "gzip", verified
+
+    create(salt_run_cli, salt_cli, "bvm2", "hostB")
+    try:
+        away = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "confirm=True", minion_tgt="hostA")
+        assert away.returncode != 0 and "home host hostB" in str(away.data), away
+        unconfirmed = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), minion_tgt="hostB")
+        assert unconfirmed.returncode != 0 and "confirm=True" in str(unconfirmed.data)
+        restored = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "confirm=True", minion_tgt="hostB")
+        assert restored.returncode == 0, restored
+        size = PATTERN.stat().st_size
+        assert {h: disc_head_sha(lab.hosts[h], "bvm2", size) for h in HOSTS} == \
+            {h: pattern_sha() for h in HOSTS}
+    finally:
+        salt_run_cli.run("pairvm.destroy", "bvm2", "confirm=True", "force=True")
+
+
+def test_zstd_backup_through_the_host_command_shows_progress(bvm1, lab, minions):
+    proc = host_command(lab, minions, "hostB", "backup", "bvm1", dest("z/bvm1.zst"), "32768", "--zstd")
+    assert proc.returncode == 0, proc.stderr
+    assert "backup bvm1: " in proc.stderr and "MiB/s" in proc.stderr  # progress lines (not a tty)
+    assert "sha256" in proc.stdout
+    verified = host_command(lab, minions, "hostA", "verify_backup", dest("z/_NAME.zst"), "bvm1")
+    assert verified.returncode == 0 and "is intact (zstd" in verified.stdout, verified
+    (BACKUP_DIR / "z/bvm1.zst").write_bytes(b"(\xb5/\xfd" + b"garbage" * 100)
+    damaged = host_command(lab, minions, "hostA", "verify_backup", dest("z/bvm1.zst"))
+    assert damaged.returncode == 1 and "is damaged" in damaged.stderr, damaged
+
+
+def start_slow_backup(lab, minions, path):
+    """The host command backing bvm1 up on hostB at 1 MiB/s, in its own process group."""
+    env = f"PAIRVM_SALT_CONFIG_DIR={minions['hostB'].config_dir}"
+    argv = ["env", env, "pairvm", "backup", "bvm1", dest(path), "1024"]
+    proc = subprocess.Popen(lab.hosts["hostB"].argv(argv),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    partial = BACKUP_DIR / f"{path}.partial"
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 0, "the transfer to start", timeout=60)
+    return proc
+
+
+def test_killing_the_transfer_leaves_no_file_and_no_snapshot(bvm1, lab, minions):
+    proc = start_slow_backup(lab, minions, "killed.gz")
+    lab.hosts["hostB"].run(["pkill", "-KILL", "-f", f"^ssh -T .* -l {USER} "])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "ssh (sending to the backup host) was killed by signal 9" in err, err
+    assert "killed.gz" not in files() and "killed.gz.partial" not in files()
+    assert snapshots(lab) == []
+
+
+def test_ctrl_c_of_the_host_command_cleans_up(bvm1, lab, minions):
+    proc = start_slow_backup(lab, minions, "interrupted.gz")
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    wait_for(lambda: not snapshots(lab), "the snapshot to be removed", timeout=30)
+    assert "interrupted.gz" not in files()
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("-oProxyCommand=touch@x:/tmp/p", "must not start with '-'"),
+    (f"{USER}@-oProxyCommand=x:/tmp/p", "the host '-oProxyCommand=x'"),
+    (f"{USER}@127.0.0.1:relative/bvm1.gz", "must be absolute"),
+    (f"{USER}@127.0.0.1;touch /tmp/x:/tmp/p", "no '-' first, no whitespace or shell characters"),
+    (f"{USER} x@127.0.0.1:/tmp/p", "the user"),
+    ("127.0.0.1:/tmp/p", "must be user@host:/path"),
+])
+def test_a_bad_destination_is_refused_before_anything_happens(bvm1, lab, salt_cli, bad, why):
+    before = files()
+    ret = salt_cli.run("pairvm.backup", "bvm1", f"destination={bad}", minion_tgt="hostB")
+    assert ret.returncode != 0 and why in str(ret.data), ret
+    assert files() == before and snapshots(lab) == []
+
+
+def test_all_backs_up_each_vm_and_one_failure_does_not_stop_the_others(bvm1, lab, salt_cli, salt_run_cli):
+    create(salt_run_cli, salt_cli, "bvm3", "hostB")
+    try:
+        (BACKUP_DIR / "all/bvm3.gz.partial").mkdir(parents=True)  # bvm3's upload cannot write
+        subprocess.run(["chown", "-R", f"{USER}:", str(BACKUP_DIR / "all")], check=True)
+        ret = salt_cli.run("pairvm.backup", "all", dest("all/_NAME.gz"), "speed=0", minion_tgt="hostB")
+        assert ret.returncode == 1, ret
+        vms = ret.data["vms"]
+        assert vms["bvm1"]["result"] is True and vms["bvm3"]["result"] is False
+        assert "Is a directory" in vms["bvm3"]["comment"], vms
+        assert "all/bvm1.gz" in files() and "all/bvm3.gz" not in files()
+        other = salt_cli.run("pairvm.backup", "all", dest("all/_NAME.gz"), minion_tgt="hostA")
+        assert {vm: r["result"] for vm, r in other.data["vms"].items()} == {"bvm1": None, "bvm3": None}
+        assert snapshots(lab) == []
+    finally:
+        salt_run_cli.run("pairvm.destroy", "bvm3", "confirm=True", "force=True")
+
+
+def test_schedule_from_pillar_runs_through_the_minions_scheduler(bvm1, lab, salt_cli, backup_pillar):
+    job = {"vms": ["bvm1"], "destination": dest("sched/_NAME.gz"), "cron": "30 2 * * *", "speed": 0}
+    backup_pillar({**SETTINGS, "schedule": {"nightly": job}})
+    applied = salt_cli.run("state.apply", "pairvm.host.backup", minion_tgt="hostB")
+    assert applied.returncode == 0, applied
+    listed = salt_cli.run("schedule.list", "return_yaml=False", minion_tgt="hostB").data
+    assert listed["pairvm-backup-nightly"]["function"] == "pairvm.backup"
+    assert listed["pairvm-backup-nightly"]["cron"] == "30 2 * * *"
+    assert listed["pairvm-backup-nightly"]["kwargs"]["destination"] == dest("sched/_NAME.gz")
+    assert salt_cli.run("schedule.run_job", "pairvm-backup-nightly", minion_tgt="hostB").returncode == 0
+    wait_for(lambda: "sched/bvm1.gz" in files(), "the scheduled backup", timeout=120)
+    backup_pillar(SETTINGS)
+    assert salt_cli.run("state.apply", "pairvm.host.backup", minion_tgt="hostB").returncode == 0
+    assert "pairvm-backup-nightly" not in (
+        salt_cli.run("schedule.list", "return_yaml=False", minion_tgt="hostB").data or {})
