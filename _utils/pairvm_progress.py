@@ -65,3 +65,15 @@ def line(operation, name, figures):
     if figures.get("eta") is not None:
         text += f", ETA {duration(figures['eta'])}"
     return text
+
+
+def meter(total, start, interval=1.0):
+    """A ``Meter`` (Salt's loader offers a util's functions, not its classes).
+
+    Example (utils are not on the Salt CLI; modules call them):
+
+    .. code-block:: python
+
+        meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
+    """
+    return Meter(total, start, interval)
