@@ -1365,7 +1365,7 @@ def _check_may_image(record):
 def _image_steps(plan, record, dist, entry, drbd):
     """Fetch and check the image, then write it through DRBD; returns its source."""
     name, sha = record["name"], entry["sha256"]
-    device = f"/dev/drbd{record['drbd_minor']}"
+    device = _drbd_device(record)
     source = entry["source"]
     if source.startswith("/"):
         path = source
@@ -1397,6 +1397,10 @@ def _image_steps(plan, record, dist, entry, drbd):
     if promote:
         plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
     return source
+
+
+def _drbd_device(record):
+    return f"/dev/drbd{record['drbd_minor']}"
 
 
 def _demote_after_failure(name):
