@@ -1381,6 +1381,9 @@ def _image_steps(plan, record, dist, entry, drbd):
                       _verify_download, name, path, sha)
     plan.step(f"check that {entry['format']} image {dist} fits on {device}",
               _check_fits, name, path, entry["format"], device)
+    old_seed = _seed(name)
+    if old_seed:  # it belongs to the image about to be overwritten
+        plan.step(f"rm {old_seed} (the seed of the previous image)", os.unlink, old_seed)
     promote = drbd.get("role") != "Primary"
     if promote:
         plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)

@@ -412,3 +412,16 @@ def test_host_command_runs_image_with_progress(monkeypatch, capsys):
     assert cli.main(["image", "vm1", "bookworm", "vm1.example.org", HASH]) == 0
     assert calls and "pairvm.image" in calls[0]
     assert "copy x" in capsys.readouterr().out
+
+
+def test_a_new_image_replaces_the_seed_and_a_refused_one_keeps_it(host, imaging):
+    pairvm.image("vm1", "small", "vm1.example.org", HASH)
+    first = imaging["seed"].read_bytes()
+    host.new_job()
+    with pytest.raises(CommandExecutionError, match="nothing was written"):
+        pairvm.image("vm1", "wrong", "vm2.example.org", HASH)
+    assert imaging["seed"].read_bytes() == first
+    host.new_job()
+    result = pairvm.image("vm1", "small", "vm2.example.org", HASH)
+    assert f"rm {imaging['seed']} (the seed of the previous image)" in result["changes"]
+    assert "vm2.example.org" in iso_member(imaging["seed"], "meta-data")
