@@ -22,11 +22,13 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -1224,6 +1226,485 @@ def facts(bridges=None):
         "bridges": _facts_bridges(wanted),
         "errors": errors,
     }
+
+
+# --- backups: backup, restore, verify_backup ---------------------------------------------
+
+
+def _bk(func):
+    return __utils__[f"pairvm_backup.{func}"]
+
+
+def _backup_settings(**overrides):
+    """Pillar pairvm:backup with defaults, then the call's own non-None arguments."""
+    settings = _schema("backup_settings", _setting("backup", None))
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if given:
+        settings = _schema("backup_settings", {**settings, **given, "schedule": {}})
+    return settings
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Under salt-call, SIGTERM would end the process without clean-up: make it
+    raise, so the snapshot and the partial file are removed. (A minion's job
+    process already turns SIGTERM into SystemExit.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum, frame):
+        raise CommandExecutionError(f"interrupted by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Pipeline:
+    """Processes of one transfer; ``close`` kills what still runs and reports
+    the first failed stage in words."""
+
+    def __init__(self):
+        self.procs, self.errors, self.threads = [], {}, []
+
+    def start(self, what, argv, **kwargs):
+        try:
+            proc = subprocess.Popen(argv, stderr=subprocess.PIPE, **kwargs)  # pylint: disable=consider-using-with
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot run {argv[0]} ({what}): {exc.strerror}") from exc
+        self.procs.append((what, argv[0], proc))
+        return proc
+
+    def collect_stderr(self, proc, what, on_line=None):
+        """Read a process's stderr in a thread (a full pipe would stall it)."""
+        lines = []
+        self.errors[what] = lines
+
+        def read():
+            for raw in proc.stderr:
+                text = raw.decode(errors="replace").rstrip()
+                if on_line is None or not on_line(text):
+                    lines.append(text)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def wait(self):
+        for _what, _tool, proc in self.procs:
+            proc.wait()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def failure(self):
+        """'ssh (sending to the backup host) failed with rc 255: ...' or None."""
+        for what, tool, proc in self.procs:
+            rc = proc.returncode
+            if rc:
+                said = "; ".join(line for line in self.errors.get(what, []) if line)[-400:]
+                how = f"was killed by signal {-rc}" if rc < 0 else f"failed with rc {rc}"
+                return f"{tool} ({what}) {how}" + (f": {said}" if said else "")
+        return None
+
+    def close(self):
+        for _what, _tool, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+
+
+def _remote(dest, settings, script, *lines, timeout=120):
+    """Run one constant script on the backup host; ``lines`` (the path first) on its stdin."""
+    argv = __utils__["pairvm_backup.ssh_argv"](dest, settings, script)
+    try:
+        proc = subprocess.run(argv, input="".join(f"{line}\n" for line in lines), capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandExecutionError(f"ssh to {dest['host']} did not answer within {timeout} s") from exc
+    if proc.returncode:
+        said = proc.stderr.strip().splitlines()
+        raise CommandExecutionError(
+            f"ssh {dest['user']}@{dest['host']} failed with rc {proc.returncode}: "
+            f"{said[-1] if said else 'no message'}"
+        )
+    return proc.stdout
+
+
+def _dest_text(dest):
+    return f"{dest['user']}@{dest['host']}:{dest['path']}"
+
+
+def _send(name, device, size, dest, settings):
+    """Read ``size`` bytes of ``device`` (pv, rate-limited), compress, send over
+    ssh to ``dest``'s temporary name, compare checksums, then rename there."""
+    pipe, committed, started = _Pipeline(), False, time.monotonic()
+    meter = __utils__["pairvm_progress.meter"](size, started)
+
+    def pv_line(text):
+        if not text.isdigit():
+            return False
+        figures = meter.update(int(text), time.monotonic())
+        if figures:
+            _progress("backup", name, figures)
+        return True
+
+    try:
+        reader = pipe.start("reading the snapshot", _bk("reader_argv")(device, size, settings["speed"]),
+                            stdout=subprocess.PIPE)
+        packer = pipe.start(f"{settings['compress']} compression",
+                            _bk("compressor")(settings["compress"])["compress"],
+                            stdin=reader.stdout, stdout=subprocess.PIPE)
+        reader.stdout.close()
+        sender = pipe.start("sending to the backup host", _bk("ssh_argv")(dest, settings, "upload"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        pipe.collect_stderr(reader, "reading the snapshot", pv_line)
+        pipe.collect_stderr(packer, f"{settings['compress']} compression")
+        pipe.collect_stderr(sender, "sending to the backup host")
+        digest, sent = hashlib.sha256(), 0
+        try:
+            sender.stdin.write(f"{dest['path']}\n".encode())
+            while chunk := packer.stdout.read1(1 << 20):
+                digest.update(chunk)
+                sender.stdin.write(chunk)
+                sent += len(chunk)
+            sender.stdin.close()
+        except BrokenPipeError:
+            pass  # ssh ended early: its rc and message say why, below
+        answer = sender.stdout.read().decode(errors="replace")
+        pipe.wait()
+        failed = pipe.failure()
+        if failed:
+            raise CommandExecutionError(f"backup of {name} to {_dest_text(dest)} failed: {failed}")
+        remote_sum, remote_size = _bk("parse_remote_sum")(answer)[:2]
+        if (remote_sum, remote_size) != (digest.hexdigest(), sent):
+            raise CommandExecutionError(
+                f"backup of {name}: the backup host received {remote_size} bytes (sha256 {remote_sum}), "
+                f"{sent} were sent (sha256 {digest.hexdigest()}); nothing was renamed"
+            )
+        _remote(dest, settings, "commit", dest["path"], digest.hexdigest())
+        committed = True
+    finally:
+        pipe.close()
+        if not committed:
+            with contextlib.suppress(CommandExecutionError):
+                _remote(dest, settings, "abort", dest["path"], timeout=30)
+    figures = meter.update(size, time.monotonic(), final=True)
+    _progress("backup", name, figures)
+    return {"bytes": size, "sent": sent, "sha256": digest.hexdigest(),
+            "seconds": figures["elapsed"], "rate": figures["rate"]}
+
+
+def _snapshot_valid(snap_lv):
+    """Refuse a snapshot that overflowed while it was read (its data is lost)."""
+    res = __salt__["cmd.run_all"](
+        ["lvs", "--reportformat", "json", "-o", "lv_snapshot_invalid,snap_percent", snap_lv],
+        python_shell=False, ignore_retcode=True,
+    )
+    rows = salt.utils.json.loads(res["stdout"] or "{}").get("report", [{}])[0].get("lv", []) \
+        if res["retcode"] == 0 else []
+    if not rows or rows[0].get("lv_snapshot_invalid") or rows[0].get("snap_percent", "").startswith("100"):
+        raise CommandExecutionError(
+            f"snapshot {snap_lv} overflowed while it was read: raise pairvm:backup:snapshot_size"
+        )
+
+
+def _backup_one(record, destination, settings, on_running_host, test):
+    name, me = record["name"], _me()
+    dest = _schema("parse_destination", destination, name)
+    why = _bk("eligible")(record, me, name in _libvirt_running(), _drbd_status(name), on_running_host)
+    if why:
+        raise CommandExecutionError(f"VM {name} is not backed up on {me}: {why}")
+    vg = _vg(record)
+    origin, snap = f"{vg}/{name}", _bk("snapshot_name")(name)
+    if origin not in _lvs():
+        raise CommandExecutionError(f"VM {name}'s LV {origin} does not exist on {me}")
+    size = _bk("drbd_data_bytes")(_lvs()[origin] * 2**20)
+    snapshot_size = _bk("snapshot_extent_option")(settings["snapshot_size"])
+    plan = _Plan(name, test)
+    with _lock(name), _sigterm_interrupts():
+        if f"{vg}/{snap}" in _lvs():
+            plan.step(f"lvremove -f {vg}/{snap} (left by an interrupted backup)", _lvremove, snap, vg)
+        plan.step(f"lvcreate -s -n {snap} {' '.join(snapshot_size)} {origin}",
+                  _lvcreate_snapshot, snap, snapshot_size, origin)
+        try:
+            speed = f"-L {settings['speed']}k " if settings["speed"] else ""
+            sent = plan.step(
+                f"pv {speed}/dev/{vg}/{snap} ({size} bytes) | {settings['compress']} "
+                f"| ssh -i {settings['key']} {dest['user']}@{dest['host']} > {dest['path']}.partial, "
+                f"checksum, rename to {dest['path']} (+ .sha256)",
+                _send, name, f"/dev/{vg}/{snap}", size, dest, settings)
+            if not test:
+                _snapshot_valid(f"{vg}/{snap}")
+        finally:
+            plan.step(f"lvremove -f {vg}/{snap}", _lvremove, snap, vg)
+    result = plan.result(f"VM {name} backed up to {_dest_text(dest)}")
+    if sent:
+        result.update(sent, destination=_dest_text(dest))
+    return result
+
+
+def _lvcreate_snapshot(snap, size_option, origin):
+    res = __salt__["cmd.run_all"](["lvcreate", "-s", "-n", snap, *size_option, origin],
+                                  python_shell=False, ignore_retcode=True)
+    if res["retcode"]:
+        raise CommandExecutionError(f"lvcreate -s {origin} failed: {res['stderr'].strip()}")
+
+
+def backup(name, destination, speed=None, compress=None, on_running_host=False, test=False):
+    """
+    Back VM ``name`` up to ``destination`` over SSH: snapshot, compress, send.
+
+    ``name`` is one VM, ``all`` (every VM this host should back up) or a
+    comma-separated list. ``destination`` is ``user@host:/path``; ``_NAME``
+    in it becomes the VM's name. Runs on the host that is NOT running the VM
+    (its disc there is the DRBD replica); on the running host only with
+    ``on_running_host=True``; a VM running nowhere is backed up by its home
+    host. The disc's snapshot is read at no more than ``speed`` KiB/s
+    (default pillar ``pairvm:backup:speed``; 0 = no limit), compressed with
+    pigz (gzip) or zstd (``compress=zstd``), written on the backup host to
+    ``PATH.partial`` and renamed to PATH only when the whole stream arrived
+    and its sha256 matches; ``PATH.sha256`` is stored beside it. The
+    snapshot is removed in every case. Progress: event
+    ``pairvm/backup/<vm>/progress``.
+
+    With ``all`` or a list, VMs this host must not back up are skipped with
+    the reason, and one VM's failure does not stop the others; the result
+    lists each VM, and the job fails if one failed.
+
+    SSH: batch mode, key pairvm:backup:key, known hosts
+    pairvm:backup:known_hosts, port pairvm:backup:port.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostB pairvm.backup vm1 backup@store:/backup/vm1.gz 1024
+        salt hostB pairvm.backup all backup@store:/backup/_NAME.gz speed=0 compress=zstd
+        salt hostA pairvm.backup vm1 backup@store:/backup/vm1.gz on_running_host=True
+    """
+    settings = _backup_settings(speed=speed, compress=compress)
+    names = str(name).split(",") if name != "all" else sorted(_machines())
+    for vm in names:
+        _check_name(vm)
+    _schema("parse_destination", destination, names[0] if names else None)
+    if name != "all" and len(names) == 1:
+        return _backup_one(_machine(name), destination, settings, on_running_host, test)
+    return _backup_many(names, destination, settings, on_running_host, test)
+
+
+def _backup_many(names, destination, settings, on_running_host, test):
+    running, report, changes = _libvirt_running(), {}, []
+    for vm in names:
+        try:
+            record = _machine(vm)
+            why = _bk("eligible")(record, _me(), vm in running, _drbd_status(vm), on_running_host)
+            if why:
+                report[vm] = {"result": None, "comment": f"skipped: {why}"}
+                continue
+            done = _backup_one(record, destination, settings, on_running_host, test)
+            report[vm] = {"result": True, **{k: v for k, v in done.items() if k != "name"}}
+            changes += done["changes"]
+        except CommandExecutionError as exc:
+            report[vm] = {"result": False, "comment": str(exc)}
+    failed = sorted(vm for vm, r in report.items() if r["result"] is False)
+    done = sorted(vm for vm, r in report.items() if r["result"])
+    if failed:
+        __context__["retcode"] = 1
+    comment = f"backed up: {', '.join(done) or 'none'}" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    return {"name": ",".join(names), "changes": changes, "comment": comment, "vms": report}
+
+
+def backup_schedule():
+    """
+    The backup jobs of pillar ``pairvm:backup:schedule``, validated, as the
+    state ``pairvm.host.backup`` turns them into scheduler jobs:
+    ``{id: {name, destination, speed, compress, cron}}`` (``name`` is ``all``
+    or a comma-separated list of VMs).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' pairvm.backup_schedule
+    """
+    jobs = _backup_settings()["schedule"]
+    return {
+        job_id: {"name": job["vms"] if job["vms"] == "all" else ",".join(job["vms"]),
+                 "destination": job["destination"], "speed": job["speed"],
+                 "compress": job["compress"], "cron": job["cron"]}
+        for job_id, job in jobs.items()
+    }
+
+
+def _receive(operation, name, src, settings, total, sink):
+    """Stream ``src`` from the backup host through its decompressor into ``sink``
+    (a file descriptor, or DEVNULL to test it); return the sha256 of what came."""
+    pipe, digest, got = _Pipeline(), hashlib.sha256(), 0
+    meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
+    try:
+        fetch = pipe.start("reading from the backup host", _bk("ssh_argv")(src, settings, "read"),
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        fetch.stdin.write(f"{src['path']}\n".encode())
+        fetch.stdin.close()
+        pipe.collect_stderr(fetch, "reading from the backup host")
+        head = fetch.stdout.read1(1 << 20)
+        kind = _bk("detect_compression")(head)
+        if kind is None:
+            raise CommandExecutionError(f"{_dest_text(src)} is neither gzip nor zstd data")
+        unpack = pipe.start(f"{kind} decompression", _bk("compressor")(kind)["decompress"],
+                            stdin=subprocess.PIPE, stdout=sink)
+        pipe.collect_stderr(unpack, f"{kind} decompression")
+        chunk = head
+        try:
+            while chunk:
+                digest.update(chunk)
+                unpack.stdin.write(chunk)
+                got += len(chunk)
+                figures = meter.update(got, time.monotonic())
+                if figures:
+                    _progress(operation, name, figures)
+                chunk = fetch.stdout.read1(1 << 20)
+            unpack.stdin.close()
+        except BrokenPipeError:
+            pass  # the decompressor ended early: its rc and message say why, below
+        pipe.wait()
+        failed = pipe.failure()
+        if failed:
+            raise CommandExecutionError(f"{operation} of {_dest_text(src)} failed: {failed}")
+    finally:
+        pipe.close()
+    _progress(operation, name, meter.update(got, time.monotonic(), final=True))
+    return digest.hexdigest(), kind
+
+
+def _stored_backup(source, name, settings, check):
+    """(source dict, stored sha256, size) of a backup; ``check`` also has the backup
+    host hash the file and refuses one that does not match its .sha256."""
+    src = _schema("parse_destination", source, name)
+    answer = _remote(src, settings, "check" if check else "stat", src["path"], timeout=3600)
+    try:
+        stored, size, *actual = _bk("parse_remote_sum")(answer)
+    except ValueError as exc:
+        raise CommandExecutionError(f"{_dest_text(src)}: {exc}") from exc
+    if check and actual[0] != stored:
+        raise CommandExecutionError(
+            f"{_dest_text(src)} is damaged: its sha256 is {actual[0]}, {src['path']}.sha256 says {stored}"
+        )
+    return src, stored, size
+
+
+def verify_backup(source, name=None):
+    """
+    Check a backup's integrity without restoring it.
+
+    Reads ``source`` (``user@host:/path``; ``_NAME`` becomes ``name``) from
+    the backup host, compares its sha256 with the ``.sha256`` stored beside
+    it and decompresses the whole stream (nothing is written). Raises with
+    the reason when it is damaged. Progress: event
+    ``pairvm/verify_backup/<name>/progress``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.verify_backup backup@store:/backup/vm1.gz
+        salt hostA pairvm.verify_backup backup@store:/backup/_NAME.gz name=vm1
+    """
+    if name is not None:
+        _check_name(name)
+    settings = _backup_settings()
+    src, stored, size = _stored_backup(source, name, settings, check=False)
+    label = name or os.path.basename(src["path"])
+    actual, kind = _receive("verify_backup", label, src, settings, size, subprocess.DEVNULL)
+    if actual != stored:
+        raise CommandExecutionError(
+            f"{_dest_text(src)} is damaged: its sha256 is {actual}, {src['path']}.sha256 says {stored}"
+        )
+    return {"name": label, "source": _dest_text(src), "result": True, "sha256": actual,
+            "compressed_bytes": size, "compression": kind,
+            "comment": f"{_dest_text(src)} is intact ({kind}, sha256 {actual})"}
+
+
+def restore(name, source, confirm=False, test=False):
+    """
+    Write a backup onto VM ``name``'s disc, replacing everything on it.
+
+    Runs on the VM's home host while the VM is stopped on both hosts and
+    DRBD is Connected with both discs UpToDate: the disc is written through
+    this host's DRBD Primary, so the peer receives every byte. The backup
+    host first checks the file against its ``.sha256``; the stream is
+    checked again as it arrives. ``source`` is ``user@host:/path``
+    (``_NAME`` becomes ``name``). Needs ``confirm=True``. Progress: event
+    ``pairvm/restore/<name>/progress``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.restore vm1 backup@store:/backup/vm1.gz confirm=True
+        salt hostA pairvm.restore vm2 backup@store:/backup/vm1.gz confirm=True test=True
+    """
+    record = _machine(name)
+    settings = _backup_settings()
+    src = _schema("parse_destination", source, name)
+    if not confirm and not test:
+        raise CommandExecutionError(
+            f"restore overwrites VM {name}'s whole disc on both hosts: pass confirm=True"
+        )
+    with _lock(name), _sigterm_interrupts():
+        _check_may_restore(record)
+        plan = _Plan(name, test)
+        if test:
+            plan.step(f"ssh {src['user']}@{src['host']}: sha256 of {src['path']} against its .sha256", None)
+        else:
+            src, stored, size = _stored_backup(source, name, settings, check=True)
+        device = f"/dev/drbd{record['drbd_minor']}"
+        plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
+        try:
+            got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | decompress > {device}",
+                            _restore_stream, name, src, settings, size if not test else 0, device)
+        finally:
+            plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+        if not test and got != stored:
+            raise CommandExecutionError(
+                f"the stream from {_dest_text(src)} had sha256 {got}, not {stored}: VM {name}'s disc "
+                f"holds damaged data now; restore again"
+            )
+    return plan.result(f"VM {name}'s disc restored from {_dest_text(src)} on both hosts")
+
+
+def _check_may_restore(record):
+    name = record["name"]
+    if record["home"] != _me():
+        raise CommandExecutionError(
+            f"restore VM {name} on its home host {record['home']}, not on {_me()}"
+        )
+    if name in _libvirt_running():
+        raise CommandExecutionError(f"VM {name} is running on {_me()}: stop it first")
+    drbd = _drbd_status(name)
+    if drbd.get("peer_role") == "Primary" or drbd.get("role") == "Primary":
+        raise CommandExecutionError(f"VM {name}'s disc is Primary on a host (is it running?): stop it first")
+    if not drbd.get("connected") or not drbd.get("up_to_date"):
+        raise CommandExecutionError(
+            f"DRBD resource {name} is {drbd.get('connection')} {drbd.get('disk')}/{drbd.get('peer_disk')}: "
+            f"restore needs Connected UpToDate/UpToDate so the peer receives every byte"
+        )
+
+
+def _restore_stream(name, src, settings, size, device):
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        got, _kind = _receive("restore", name, src, settings, size, fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return got
 
 
 # --- image: install a guest OS from the image catalogue, with a cloud-init seed -------

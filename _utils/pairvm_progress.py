@@ -41,6 +41,19 @@ class Meter:
         return self.figures(done, now)
 
 
+def meter(total, start, interval=1.0):
+    """
+    A ``Meter`` (Salt's loader hands out functions, not classes).
+
+    Example (utils are not on the Salt CLI; modules call them):
+
+    .. code-block:: python
+
+        meter = __utils__["pairvm_progress.meter"](total_bytes, time.monotonic())
+    """
+    return Meter(total, start, interval)
+
+
 def size(count):
     """1536 -> '1.5 KiB'."""
     value = float(count)
@@ -65,15 +78,3 @@ def line(operation, name, figures):
     if figures.get("eta") is not None:
         text += f", ETA {duration(figures['eta'])}"
     return text
-
-
-def meter(total, start, interval=1.0):
-    """A ``Meter`` (Salt's loader offers a util's functions, not its classes).
-
-    Example (utils are not on the Salt CLI; modules call them):
-
-    .. code-block:: python
-
-        meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
-    """
-    return Meter(total, start, interval)

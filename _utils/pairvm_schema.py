@@ -41,7 +41,7 @@ RANGE_LIMITS = {
 VNC_BASE_PORT = 5900
 DEFAULT_RESERVE_FIRST = 4
 # Top-level pillar keys this schema validates; any other key is passed through.
-OWNED_KEYS = ("pair", "pool", *DEFAULTS, "vms")
+OWNED_KEYS = ("pair", "pool", *DEFAULTS, "vms", "backup")
 DOMAIN_TYPES = ("kvm", "qemu")
 STATES = ("running", "stopped")
 HYPERVISOR_OPTIONS = ("kernel", "initrd", "cmdline", "machine", "cpu_model")
@@ -74,6 +74,22 @@ _PREFIX_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){2}", re.IGNORECASE)
 _SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?\s*(?:([mgt])(?:ib)?)?", re.IGNORECASE)
 _UNIT_MIB = {"m": 1, "g": 1024, "t": 1024 * 1024}
 # Control characters (XML 1.0 cannot carry most), surrogates, non-characters.
+_SSH_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_SSH_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\]"
+)
+_CRON_FIELD_RE = re.compile(r"[0-9*/,-]+")
+COMPRESSIONS = ("gzip", "zstd")
+BACKUP_DEFAULTS = {
+    "key": "/root/.ssh/pairvm_backup",
+    "known_hosts": "/root/.ssh/known_hosts",
+    "port": 22,
+    "speed": 10240,  # KiB/s
+    "compress": "gzip",
+    "snapshot_size": "20%",
+    "schedule": {},
+}
 _NOT_TEXT_RE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 _BASE60_HINT = "quote it in YAML: unquoted, YAML 1.1 reads 52:54:00 as a base-60 number"
 
@@ -245,6 +261,76 @@ def _text(value):
     if not isinstance(value, str) or _NOT_TEXT_RE.search(value):
         raise _Invalid(f"must be a string without control characters, got {value!r}")
     return value
+
+
+def _destination(value, name=None):
+    """``user@host:/path`` (``_NAME`` -> name) -> {user, host, path}; see parse_destination."""
+    if not isinstance(value, str):
+        raise _Invalid(f"must be user@host:/path, got {value!r}")
+    text = value.replace("_NAME", name) if name else value
+    user, at, rest = text.partition("@")
+    host, colon, path = rest.partition(":") if not rest.startswith("[") else _bracketed(rest)
+    if not (at and colon):
+        raise _Invalid(f"must be user@host:/path, got {value!r}")
+    if not _SSH_USER_RE.fullmatch(user):
+        raise _Invalid(f"{value!r}: the user {user!r} must be letters, digits, '_', '.' or '-' "
+                       f"and must not start with '-'")
+    if not _SSH_HOST_RE.fullmatch(host):
+        raise _Invalid(f"{value!r}: the host {host!r} must be a host name or an address "
+                       f"(no '-' first, no whitespace or shell characters)")
+    if not path.startswith("/"):
+        raise _Invalid(f"{value!r}: the path {path!r} must be absolute")
+    if path.endswith("/") or ".." in path.split("/") or _NOT_TEXT_RE.search(path) or len(path) > 4096:
+        raise _Invalid(f"{value!r}: the path {path!r} must name a file, without '..' or control characters")
+    return {"user": user, "host": host, "path": path}
+
+
+def _bracketed(rest):
+    """'[::1]:/path' -> ('[::1]', ':', '/path')."""
+    end = rest.find("]")
+    if end < 0:
+        return rest, "", ""
+    return rest[: end + 1], rest[end + 1: end + 2], rest[end + 2:]
+
+
+def _speed(value):
+    return _whole(value, 0, 2**31, "a whole number of KiB/s (0: no limit)")
+
+
+def _snapshot_size(value):
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,3}%", value) and 0 < int(value[:-1]) <= 100:
+        return value
+    _size_mib(value, 4)
+    return value
+
+
+def _cron(value):
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) != 5 or not all(_CRON_FIELD_RE.fullmatch(f) for f in fields):
+        raise _Invalid(f"must be five cron fields like '30 2 * * *' (minute hour day month weekday), "
+                       f"got {value!r}")
+    return " ".join(fields)
+
+
+def parse_destination(value, name=None):
+    """
+    Parse a backup destination ``user@host:/path``; ``_NAME`` becomes ``name``.
+
+    Refuses a user or host that starts with ``-`` or holds whitespace or shell
+    characters, a relative path, ``..`` and control characters. Returns
+    ``{"user", "host", "path"}``; raises ``SaltInvocationError`` naming what
+    is wrong.
+
+    Example (utils are not on the Salt CLI; modules, states and runners call them):
+
+    .. code-block:: python
+
+        __utils__["pairvm_schema.parse_destination"]("bk@store:/backup/_NAME.gz", "vm1")
+    """
+    errors = []
+    result = _check(errors, "destination: ", _destination, value, name)
+    _raise_all(errors)
+    return result
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -490,10 +576,69 @@ def settings(pairvm_pillar):
     ):
         result[key] = _check(errors, f"{key}: ", func, _given(raw, key, DEFAULTS[key]), *args)
     result["volume_groups"] = _volume_groups(_given(raw, "volume_groups", DEFAULTS["volume_groups"]), errors)
+    result["backup"] = _backup(raw.get("backup"), errors)
     if result["pool"] and not errors:
         _hosts_outside_pool(result["pair"], result["pool"], errors)
     _raise_all(errors)
     return result
+
+
+_BACKUP_CHECKS = {
+    "key": (_abs_path,), "known_hosts": (_abs_path,), "port": (_whole, 1, 65535, "a TCP port"),
+    "speed": (_speed,), "compress": (_choice, COMPRESSIONS), "snapshot_size": (_snapshot_size,),
+}
+_JOB_KEYS = ("vms", "destination", "cron", "speed", "compress")
+
+
+def _backup(raw, errors):
+    """pairvm:backup: SSH key, known_hosts, port, speed, compress, snapshot_size, schedule."""
+    raw = _mapping(raw, "backup", errors)
+    _unknown(raw, tuple(BACKUP_DEFAULTS), "backup", errors)
+    result = {
+        key: _check(errors, f"backup.{key}: ", check[0], _given(raw, key, BACKUP_DEFAULTS[key]), *check[1:])
+        for key, check in _BACKUP_CHECKS.items()
+    }
+    schedule = _mapping(raw.get("schedule"), "backup.schedule", errors)
+    result["schedule"] = {job: _backup_job(job, definition, result, errors)
+                          for job, definition in sorted(schedule.items())}
+    return result
+
+
+def backup_settings(raw):
+    """
+    Validate pillar ``pairvm:backup`` alone and fill its defaults (``BACKUP_DEFAULTS``).
+
+    Example (utils are not on the Salt CLI; modules, states and runners call them):
+
+    .. code-block:: python
+
+        __utils__["pairvm_schema.backup_settings"](__pillar__["pairvm"].get("backup"))
+    """
+    errors = []
+    result = _backup(raw, errors)
+    _raise_all(errors)
+    return result
+
+
+def _backup_job(job, raw, defaults, errors):
+    prefix = f"backup.schedule.{job}: "
+    _check(errors, prefix, _token, job)
+    raw = _mapping(raw, prefix.rstrip(": "), errors)
+    _unknown(raw, _JOB_KEYS, prefix.rstrip(": "), errors)
+    vms = _given(raw, "vms", "all")
+    if vms != "all":
+        vms = [_check(errors, f"{prefix}vms: ", _name, v) for v in vms] if isinstance(vms, list) else None
+        if not vms:
+            errors.append(f"{prefix}vms: must be 'all' or a list of VM names, got {raw.get('vms')!r}")
+    return {
+        "vms": vms,
+        "destination": _check(errors, f"{prefix}destination: ",
+                              lambda v: _required(v, _destination) and v, raw.get("destination")),
+        "cron": _check(errors, f"{prefix}cron: ", lambda v: _required(v, _cron), raw.get("cron")),
+        "speed": _check(errors, f"{prefix}speed: ", _speed, _given(raw, "speed", defaults["speed"])),
+        "compress": _check(errors, f"{prefix}compress: ", _choice,
+                           _given(raw, "compress", defaults["compress"]), COMPRESSIONS),
+    }
 
 
 # --- VM definitions -------------------------------------------------------------------------

@@ -149,6 +149,7 @@ def test_settings_fill_the_defaults():
         "memory_cap": 0,
         "domain_type": "kvm",
         "volume_groups": ["here", "there"],
+        "backup": schema.BACKUP_DEFAULTS,
     }
 
 

@@ -2,7 +2,8 @@
 # vim: ft=sls
 # Host setup of a pairvm host (the old first_time_setup), from pillar
 # pairvm:host (docs/host-pillar.md): packages, network, volume groups, DRBD's
-# common configuration, libvirt, SSH trust with the peer, the host command.
+# common configuration, libvirt, SSH trust with the peer, the host command,
+# the backup schedule.
 include:
   - .packages
   - .network
@@ -11,3 +12,4 @@ include:
   - .libvirt
   - .ssh
   - .config
+  - .backup
