@@ -1737,8 +1737,9 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
     ``firstboot`` script run once) and ``network-config`` (the VM's IP, the
     pool's netmask and gateway). ``start`` boots the VM with the seed as its
     CD until ``pairvm.cdrom NAME eject=True``, a new image, or destroy.
-    Progress (bytes, rate, ETA) is reported as event
-    ``pairvm/image/<name>/progress`` and, under salt-call, on stderr.
+    Progress (bytes, rate, ETA, and ``phase``: download, verify or write) is
+    reported as event ``pairvm/image/<name>/progress`` and, under salt-call,
+    on stderr.
 
     ``hostname`` must be a fully qualified domain name. ``firstboot`` is the
     absolute path of a script on this host (at most 256 KiB), put into the
@@ -1894,21 +1895,22 @@ def _demote_after_failure(name):
         log.error("pairvm: image of %s failed and DRBD could not be demoted: %s", name, exc)
 
 
-def _reporter(name, total):
-    """A function (done, final=False) that reports the image's progress at most once a second."""
+def _reporter(name, total, phase):
+    """A function (done, final=False) that reports the image's progress at most once a
+    second; the event says which ``phase`` (download, verify, write) it is."""
     meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
 
     def report(done, final=False):
         figures = meter.update(done, time.monotonic(), final=final)
         if figures is not None:
-            _progress("image", name, figures)
+            _progress("image", name, dict(figures, phase=phase))
 
     return report
 
 
 def _sha256_of(name, path):
     digest = hashlib.sha256()
-    report = _reporter(name, os.path.getsize(path))
+    report = _reporter(name, os.path.getsize(path), "verify")
     done = 0
     with salt.utils.files.fopen(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(COPY_CHUNK), b""):
@@ -1962,7 +1964,7 @@ def _download(name, url, part):
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        report = _reporter(name, total)
+        report = _reporter(name, total, "download")
         done = have
         try:
             with salt.utils.files.fopen(part, "ab" if have else "wb") as out:
@@ -2008,7 +2010,7 @@ def _check_fits(name, path, fmt, device):
 
 
 def _copy_raw(name, path, device):
-    report = _reporter(name, os.path.getsize(path))
+    report = _reporter(name, os.path.getsize(path), "write")
     done = 0
     with salt.utils.files.fopen(path, "rb") as src, salt.utils.files.fopen(device, "r+b") as dst:
         for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
@@ -2023,7 +2025,7 @@ def _copy_raw(name, path, device):
 def _convert_qcow2(name, path, device):
     """qemu-img convert onto the device, its -p percentages turned into progress reports."""
     total = _qcow2_info(path).get("virtual-size")
-    report = _reporter(name, total)
+    report = _reporter(name, total, "write")
     argv = ["qemu-img", "convert", "-p", "-n", "-f", "qcow2", "-O", "raw", path, device]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         text = b""

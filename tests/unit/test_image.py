@@ -184,6 +184,8 @@ def test_image_writes_the_raw_image_through_drbd_and_builds_the_seed(host, imagi
     assert HASH not in json.dumps(result)
     tags = {tag for tag, _ in imaging["events"]}
     assert tags == {"pairvm/image/vm1/progress"}
+    phases = [data["phase"] for _, data in imaging["events"]]
+    assert list(dict.fromkeys(phases)) == ["verify", "write"]
     assert imaging["events"][-1][1]["bytes"] == len(data)
 
 
@@ -328,6 +330,8 @@ def test_a_download_resumes_a_partial_file_then_is_cached_by_sha256(host, imagin
     assert (cache / sha).read_bytes() == body and not (cache / f"{sha}.part").exists()
     assert imaging["device"].read_bytes()[: len(body)] == body
     assert any(c.startswith(f"download {server}") for c in result["changes"])
+    download = [data for _, data in imaging["events"] if data["phase"] == "download"]
+    assert download[-1]["bytes"] == download[-1]["total"] == len(body)
     host.new_job()
     again = pairvm.image("vm1", "net", "vm1.example.org", HASH)
     assert RangeHandler.ranges == ["bytes=1000-"]  # served from the cache
