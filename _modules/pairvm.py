@@ -21,13 +21,18 @@ import functools
 import hashlib
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from xml.sax.saxutils import quoteattr
 
 import salt.utils.files
@@ -486,7 +491,8 @@ def destroy(name, confirm=False, force=False, test=False):
                          in _setting("volume_groups", ["here", "there"])):
             vg = lv.split("/")[0]
             plan.step(f"lvremove {lv}", _lvremove, name, vg)
-        for path in (_machine_path(name), os.path.join(SUPPRESS_DIR, name)):
+        seed = os.path.join(SEED_DIR, f"{name}.iso")
+        for path in (_machine_path(name), os.path.join(SUPPRESS_DIR, name), seed):
             if os.path.exists(path):
                 plan.step(f"rm {path}", os.unlink, path)
         return plan.result(f"VM {name} is absent from {_me()}")
@@ -528,6 +534,9 @@ def start(name, away=False, disconnected=False, test=False):
             promote = _drbd_status(name).get("role") != "Primary"
             if promote:
                 plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
+            seed = _seed(name)
+            if seed:  # left by pairvm.image: the guest's first boot reads it
+                record = dict(record, cdrom=seed)
             xml = __utils__["pairvm_render.domain_xml"](record, SERIAL_LOG_DIR)
             if dom is not None:  # redefine with the record's current settings, same UUID
                 xml = xml.replace("</name>", f"</name><uuid>{dom.UUIDString()}</uuid>", 1)
@@ -715,6 +724,8 @@ def cdrom(name, iso=None, eject=False):
     Show, insert or eject VM ``name``'s CD, on a running VM without a restart.
 
     The change lasts until the VM stops; set ``cdrom`` in pillar to keep one.
+    A seed CD left by ``pairvm.image`` is attached at every start until it is
+    ejected here: ejecting it also deletes the seed.
 
     CLI Example:
 
@@ -743,8 +754,12 @@ def cdrom(name, iso=None, eject=False):
         xml = (f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>{source}"
                f"<target dev='hdc' bus='ide'/><readonly/></disk>")
         dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        change = f"virsh change-media {name} hdc " + (f"--insert {target}" if target else "--eject")
-        return {"name": name, "cdrom": target, "changes": [change], "comment": ""}
+        changes = [f"virsh change-media {name} hdc " + (f"--insert {target}" if target else "--eject")]
+        seed = _seed(name)
+        if eject and seed and current == seed:  # the seed of pairvm.image is not wanted any more
+            os.unlink(seed)
+            changes.append(f"rm {seed}")
+        return {"name": name, "cdrom": target, "changes": changes, "comment": ""}
 
 
 def serial(name, lines=50):
@@ -1710,3 +1725,368 @@ def _restore_stream(name, src, settings, size, device):
     finally:
         os.close(fd)
     return got
+
+
+# --- image: install a guest OS from the image catalogue, with a cloud-init seed -------
+
+
+IMAGE_CACHE_DIR = "/var/cache/pairvm/images"
+SEED_DIR = "/var/lib/pairvm/seeds"
+FIRSTBOOT_MAX_BYTES = 256 * 1024
+COPY_CHUNK = 4 * 2**20
+HTTP_TIMEOUT = 60
+ISO_TOOLS = ("genisoimage", "xorriso")
+
+
+def image(name, dist, hostname, password, firstboot=None, test=False):
+    """
+    Write OS image ``dist`` from the catalogue onto stopped VM ``name``'s disc,
+    with a cloud-init NoCloud seed CD for its first boot.
+
+    Only on the VM's home host, only while the VM is stopped here, and only
+    while DRBD is Connected with both discs UpToDate and the peer Secondary,
+    so the peer receives every byte. Steps: fetch the image named ``dist`` in
+    pillar ``pairvm:images`` into ``/var/cache/pairvm/images/<sha256>`` (an
+    http(s) download resumes where it stopped; a local path is read in place),
+    check its sha256 (a mismatch writes nothing), check it fits, promote the
+    DRBD resource, write the image onto ``/dev/drbd<minor>`` (``qemu-img
+    convert`` for qcow2), demote it, then build the seed ISO
+    ``/var/lib/pairvm/seeds/<name>.iso`` (volume id ``cidata``, mode 0600):
+    ``meta-data`` (a new instance-id, ``hostname``), ``user-data`` (root's
+    password hash, the SSH keys of pillar ``pairvm:guest_ssh_keys``, the
+    ``firstboot`` script run once) and ``network-config`` (the VM's IP, the
+    pool's netmask and gateway). ``start`` boots the VM with the seed as its
+    CD until ``pairvm.cdrom NAME eject=True``, a new image, or destroy.
+    Progress (bytes, rate, ETA, and ``phase``: download, verify or write) is
+    reported as event ``pairvm/image/<name>/progress`` and, under salt-call,
+    on stderr.
+
+    ``hostname`` must be a fully qualified domain name. ``firstboot`` is the
+    absolute path of a script on this host (at most 256 KiB), put into the
+    seed and run once by cloud-init.
+
+    ``password`` must be a SHA-512 crypt hash (``$6$...``): a plaintext
+    password is refused, because any Salt argument is kept in the master's job
+    cache, the minion's proc file and debug log, and the argv of salt-call.
+    Make a hash with ``openssl passwd -6`` (it prompts), or use the host
+    command ``pairvm image``, which prompts for the password and hashes it
+    before calling Salt. Only the hash is ever written to disc, and no
+    result, event or log line carries it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm.image vm1 bookworm vm1.example.org "$(openssl passwd -6)"
+        salt hostA pairvm.image vm1 bookworm vm1.example.org '$6$...' firstboot=/root/setup.sh
+        salt hostA pairvm.image vm1 bookworm vm1.example.org '$6$...' test=True
+    """
+    record = _machine(name)
+    if record["home"] != _me():
+        raise CommandExecutionError(
+            f"VM {name}'s home is {record['home']}, not {_me()}: write its image there "
+            f"(the home host writes through DRBD, so both hosts get it)"
+        )
+    pairvm = __pillar__.get("pairvm", {})
+    catalogue = _schema("images", pairvm)
+    if dist not in catalogue:
+        known = ", ".join(sorted(catalogue)) or "none: pillar pairvm:images is empty"
+        raise CommandExecutionError(f"unknown image {dist!r}; known images: {known}")
+    hostname = _schema("validate_fqdn", hostname)
+    if not __utils__["pairvm_schema.is_password_hash"](password):
+        raise CommandExecutionError(
+            "password: not a SHA-512 crypt hash ($6$...). pairvm.image takes only a hash, so that no "
+            "plaintext reaches a job cache, log or process list: make one with `openssl passwd -6` "
+            "(it prompts), or run `pairvm image` on the host, which prompts and hashes"
+        )
+    script = _firstboot_script(firstboot)
+    ssh_keys = _schema("guest_ssh_keys", pairvm)
+    entry = catalogue[dist]
+    iso_tool = next((tool for tool in ISO_TOOLS if salt.utils.path.which(tool)), None)
+    qemu_img = entry["format"] != "qcow2" or salt.utils.path.which("qemu-img")
+    missing = [tool for tool, ok in (("genisoimage or xorriso", iso_tool), ("qemu-img", qemu_img)) if not ok]
+    if missing:
+        raise CommandExecutionError(f"image: {' and '.join(missing)} not installed on {_me()}")
+    with _lock(name):
+        with _libvirt() as conn:
+            dom = _domain(conn, name)
+            if dom is not None and dom.isActive():
+                raise CommandExecutionError(
+                    f"VM {name} is running on {_me()}: stop it before writing an image"
+                )
+        drbd = _check_may_image(record)
+        plan = _Plan(name, test)
+        source = _image_steps(plan, record, dist, entry, drbd)
+        seed = os.path.join(SEED_DIR, f"{name}.iso")
+        files = __utils__["pairvm_seed.files"](record, f"pairvm-{name}-{int(time.time())}", hostname,
+                                               password, ssh_keys, script)
+        plan.step(f"{iso_tool} -volid cidata ({', '.join(files)}) -> {seed} (mode 0600)",
+                  _write_seed, seed, files, iso_tool)
+        return plan.result(f"VM {name} has image {dist} ({source}) and boots with seed {seed} "
+                           f"as hostname {hostname}")
+
+
+def _firstboot_script(path):
+    """The text of the first-boot script at ``path`` (None for none), checked."""
+    if path is None:
+        return None
+    if not isinstance(path, str) or not os.path.isabs(path) or ".." in path.split("/"):
+        raise CommandExecutionError(f"firstboot: {path!r} is not an absolute path without '..'")
+    if not os.path.isfile(path):
+        raise CommandExecutionError(f"firstboot: {path} is not a file on {_me()}")
+    if os.path.getsize(path) > FIRSTBOOT_MAX_BYTES:
+        raise CommandExecutionError(f"firstboot: {path} is larger than {FIRSTBOOT_MAX_BYTES // 1024} KiB")
+    try:
+        with salt.utils.files.fopen(path, "r") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise CommandExecutionError(f"firstboot: {path} is not a UTF-8 text script") from exc
+
+
+def _check_may_image(record):
+    """DRBD must be Connected, both discs UpToDate, the peer Secondary."""
+    name = record["name"]
+    drbd = _drbd_status(name)
+    if not drbd:
+        raise CommandExecutionError(f"DRBD resource {name} is not up on {_me()}: run pairvm.autostart")
+    if drbd.get("peer_role") == "Primary":
+        raise CommandExecutionError(f"VM {name}'s disc is Primary on the peer: stop it there first")
+    if drbd.get("connection") != "Connected":
+        raise CommandExecutionError(
+            f"DRBD resource {name} is {drbd.get('connection')}, not Connected: the peer would not receive "
+            f"the image. Reconnect the pair first"
+        )
+    if drbd.get("disk") != "UpToDate" or drbd.get("peer_disk") != "UpToDate":
+        raise CommandExecutionError(
+            f"VM {name}'s discs are {drbd.get('disk')} here and {drbd.get('peer_disk')} on the peer, "
+            f"not both UpToDate: wait for the sync to finish"
+        )
+    return drbd
+
+
+def _image_steps(plan, record, dist, entry, drbd):
+    """Fetch and check the image, then write it through DRBD; returns its source."""
+    name, sha = record["name"], entry["sha256"]
+    device = _drbd_device(record)
+    source = entry["source"]
+    if source.startswith("/"):
+        path = source
+        plan.step(f"sha256sum {path} (expect {sha})", _verify_image, name, path, sha, False)
+    else:
+        path = os.path.join(IMAGE_CACHE_DIR, sha)
+        if os.path.exists(path):
+            plan.step(f"sha256sum {path} (cached {dist}, expect {sha})", _verify_image, name, path, sha, True)
+        else:
+            plan.step(f"download {source} -> {path}.part (resumable)",
+                      _download, name, source, f"{path}.part")
+            plan.step(f"sha256sum {path}.part (expect {sha}), then rename it to {path}",
+                      _verify_download, name, path, sha)
+    plan.step(f"check that {entry['format']} image {dist} fits on {device}",
+              _check_fits, name, path, entry["format"], device)
+    old_seed = _seed(name)
+    if old_seed:  # it belongs to the image about to be overwritten
+        plan.step(f"rm {old_seed} (the seed of the previous image)", os.unlink, old_seed)
+    promote = drbd.get("role") != "Primary"
+    if promote:
+        plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
+    try:
+        if entry["format"] == "qcow2":
+            plan.step(f"qemu-img convert -p -n -f qcow2 -O raw {path} {device}",
+                      _convert_qcow2, name, path, device)
+        else:
+            plan.step(f"copy {path} -> {device} (raw)", _copy_raw, name, path, device)
+    except Exception:
+        if promote and not plan.test:
+            _demote_after_failure(name)
+        raise
+    if promote:
+        plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+    return source
+
+
+def _drbd_device(record):
+    return f"/dev/drbd{record['drbd_minor']}"
+
+
+def _demote_after_failure(name):
+    try:
+        __salt__["drbd.secondary"](name)
+    except CommandExecutionError as exc:
+        log.error("pairvm: image of %s failed and DRBD could not be demoted: %s", name, exc)
+
+
+def _reporter(name, total, phase):
+    """A function (done, final=False) that reports the image's progress at most once a
+    second; the event says which ``phase`` (download, verify, write) it is."""
+    meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
+
+    def report(done, final=False):
+        figures = meter.update(done, time.monotonic(), final=final)
+        if figures is not None:
+            _progress("image", name, dict(figures, phase=phase))
+
+    return report
+
+
+def _sha256_of(name, path):
+    digest = hashlib.sha256()
+    report = _reporter(name, os.path.getsize(path), "verify")
+    done = 0
+    with salt.utils.files.fopen(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(COPY_CHUNK), b""):
+            digest.update(chunk)
+            done += len(chunk)
+            report(done)
+    report(done, final=True)
+    return digest.hexdigest()
+
+
+def _verify_image(name, path, sha, cached):
+    if not os.path.isfile(path):
+        raise CommandExecutionError(f"image: {path} does not exist on {_me()}")
+    found = _sha256_of(name, path)
+    if found != sha:
+        if cached:
+            os.unlink(path)
+        raise CommandExecutionError(
+            f"image: sha256 of {path} is {found}, the catalogue says {sha}: nothing was written"
+            + ("; the cached copy was removed, run again to download it anew" if cached else "")
+        )
+
+
+def _verify_download(name, path, sha):
+    part = f"{path}.part"
+    found = _sha256_of(name, part)
+    if found != sha:
+        os.unlink(part)  # complete but wrong: resuming it could never help
+        raise CommandExecutionError(
+            f"image: sha256 of the download is {found}, the catalogue says {sha}: nothing was written "
+            f"(is the catalogue's sha256 or the server's file wrong?)"
+        )
+    os.rename(part, path)
+
+
+def _download(name, url, part):
+    """Download ``url`` into ``part``, continuing a partial file with an HTTP Range request."""
+    os.makedirs(IMAGE_CACHE_DIR, mode=0o700, exist_ok=True)
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=HTTP_TIMEOUT)  # noqa: S310 - http(s) only, checked
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the partial file is already whole
+            return
+        raise CommandExecutionError(f"image: download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise CommandExecutionError(f"image: download of {url} failed: {exc}") from exc
+    with response:
+        if have and response.status != 206:  # the server ignored Range: start again
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        report = _reporter(name, total, "download")
+        done = have
+        try:
+            with salt.utils.files.fopen(part, "ab" if have else "wb") as out:
+                os.chmod(part, 0o600)
+                for chunk in iter(lambda: response.read(COPY_CHUNK), b""):
+                    out.write(chunk)
+                    done += len(chunk)
+                    report(done)
+        except OSError as exc:
+            raise CommandExecutionError(
+                f"image: download of {url} stopped at {done} bytes ({exc}); run again to resume"
+            ) from exc
+        report(done, final=True)
+    if total is not None and done < total:
+        raise CommandExecutionError(f"image: download of {url} stopped at {done} of {total} bytes; "
+                                    f"run again to resume")
+
+
+def _run(argv, what):
+    res = __salt__["cmd.run_all"](argv, python_shell=False, ignore_retcode=True, output_loglevel="quiet")
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"{what} failed: {(res['stderr'] or res['stdout']).strip()}")
+    return res["stdout"]
+
+
+def _qcow2_info(path):
+    info = salt.utils.json.loads(_run(["qemu-img", "info", "--output=json", path], f"qemu-img info {path}"))
+    if info.get("format") != "qcow2":
+        raise CommandExecutionError(f"image: {path} is {info.get('format')}, not qcow2 as the catalogue says")
+    if info.get("backing-filename"):  # it would pull another file of this host onto the disc
+        raise CommandExecutionError(f"image: {path} has a backing file: give a self-contained qcow2 image")
+    return info
+
+
+def _check_fits(name, path, fmt, device):
+    """Refuse an image that is not of its catalogue format, or larger than the disc."""
+    size = _qcow2_info(path)["virtual-size"] if fmt == "qcow2" else os.path.getsize(path)
+    disc = int(_run(["blockdev", "--getsize64", device], f"blockdev {device}"))
+    if size > disc:
+        raise CommandExecutionError(
+            f"image: {size} bytes do not fit on VM {name}'s disc ({disc} bytes): grow it with pairvm.resize"
+        )
+
+
+def _copy_raw(name, path, device):
+    report = _reporter(name, os.path.getsize(path), "write")
+    done = 0
+    with salt.utils.files.fopen(path, "rb") as src, salt.utils.files.fopen(device, "r+b") as dst:
+        for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+            dst.write(chunk)
+            done += len(chunk)
+            report(done)
+        dst.flush()
+        os.fsync(dst.fileno())
+    report(done, final=True)
+
+
+def _convert_qcow2(name, path, device):
+    """qemu-img convert onto the device, its -p percentages turned into progress reports."""
+    total = _qcow2_info(path).get("virtual-size")
+    report = _reporter(name, total, "write")
+    argv = ["qemu-img", "convert", "-p", "-n", "-f", "qcow2", "-O", "raw", path, device]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        text = b""
+        for byte in iter(lambda: proc.stdout.read(1), b""):
+            if byte not in (b"\r", b"\n"):
+                text += byte
+                continue
+            match = re.search(rb"\(([0-9.]+)/100%\)", text)
+            text = b""
+            if match and total:
+                report(int(float(match.group(1)) * total / 100))
+        stderr = proc.stderr.read().decode("utf-8", "replace")
+        if proc.wait() != 0:
+            raise CommandExecutionError(f"qemu-img convert {path} -> {device} failed: {stderr.strip()}")
+    report(total or 0, final=True)
+
+
+def _write_seed(seed, files, tool):
+    """Build the NoCloud ISO from files written into a root-only directory; 0600, atomically."""
+    os.makedirs(SEED_DIR, mode=0o711, exist_ok=True)
+    os.chmod(SEED_DIR, 0o711)  # qemu (libvirt chowns the ISO to it) must reach the file, not list
+    work = tempfile.mkdtemp(prefix=".seed-", dir=SEED_DIR)  # mode 0700
+    try:
+        for fname, text in files.items():
+            fd = os.open(os.path.join(work, fname), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        tmp = os.path.join(work, "seed.iso")
+        paths = [os.path.join(work, fname) for fname in files]
+        if tool == "xorriso":
+            argv = ["xorriso", "-as", "mkisofs", "-quiet", "-o", tmp, "-V", "cidata", "-J", "-R", *paths]
+        else:
+            argv = ["genisoimage", "-quiet", "-o", tmp, "-V", "cidata", "-J", "-R", *paths]
+        _run(argv, f"{tool} (seed ISO)")
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, seed)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _seed(name):
+    """The seed ISO pairvm.image left for VM ``name``, or None."""
+    path = os.path.join(SEED_DIR, f"{name}.iso")
+    return path if os.path.isfile(path) else None

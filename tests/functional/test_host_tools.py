@@ -218,6 +218,8 @@ def test_bash_completion_completes_commands_vms_and_options(completion):
     assert completion("suppress", "db", "") == ["off", "on"]
     assert completion("cdrom", "db", "cdroms/") == ["cdroms/debian.iso"]
     assert completion("cdrom", "db", "e") == ["eject"]
+    assert completion("i") == ["image"]
+    assert completion("image", "w") == ["web1", "web2"]
     assert completion("list", "") == []
     assert completion("create", "") == []  # the VM is in pillar, not yet in the machines dir
     assert completion("nonsense", "") == []

@@ -37,6 +37,7 @@ PRIVATE_PATHS = (
     "/var/log/libvirt",
     "/var/cache/libvirt",
     "/var/lib/pairvm",
+    "/var/cache/pairvm",
     "/etc/salt",
     "/var/lib/drbd",
     "/etc/network",

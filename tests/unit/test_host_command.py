@@ -26,7 +26,7 @@ OLD_COMMANDS = (
     "first_time_setup help create destroy start stop list cdrom image serial backup resize swap "
     "swaplive split_brain_victim autostart suppress monitor graphite_stats print_ssh_forwards chkconfig"
 ).split()
-NOT_YET = ("image", "swap", "swaplive", "split_brain_victim", "graphite_stats", "chkconfig")
+NOT_YET = ("swap", "swaplive", "split_brain_victim", "graphite_stats", "chkconfig")
 
 
 class Replaced(Exception):

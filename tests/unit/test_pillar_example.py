@@ -15,6 +15,12 @@ def test_pillar_example_is_valid_and_documents_every_vm_key():
     assert documented | {"disc_mib"} >= set(vm) - {"disc"}
 
 
+def test_pillar_example_image_catalogue_and_guest_keys_are_valid():
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    assert set(schema.images(pairvm)) == {"bookworm", "rescue"}
+    assert len(schema.guest_ssh_keys(pairvm)) == 1
+
+
 def test_the_lab_pillar_is_valid():
     pairvm = yaml.safe_load((REPO / "pillar" / "pairvm.sls").read_text())["pairvm"]
     assert set(schema.settings(pairvm)["pair"]) == {"hostA", "hostB"}
