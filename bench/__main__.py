@@ -1,5 +1,6 @@
 """Run every benchmark: python -m bench."""
 
-from bench import vm_scale
+from bench import backup_throughput, vm_scale
 
 vm_scale.main()
+backup_throughput.main()

@@ -22,7 +22,7 @@ def load(path, name):
     return module
 
 
-UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render", "pairvm_progress", "pairvm_seed")
+UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render", "pairvm_progress", "pairvm_seed", "pairvm_backup")
 
 
 @functools.cache

@@ -1,0 +1,166 @@
+"""Backup pipeline throughput: python -m bench.backup_throughput
+
+Runs the product's own transfer code (``_send`` of _modules/pairvm.py: pv,
+pigz or zstd, the Python relay that hashes, ssh to the constant remote
+scripts, checksum and rename) against a real sshd on 127.0.0.1 (root's
+key in a temporary directory), on one data file that compresses about 3:1.
+
+Prints, from one run on the same data:
+
+* uncapped, for gzip and zstd: the pipeline's throughput divided by the
+  throughput of its slowest stage measured alone (read = pv to /dev/null,
+  compressor = pigz/zstd from the page cache to /dev/null, ssh = the
+  compressed stream through ssh into a file there); target at least 0.8;
+* capped: achieved rate divided by the requested rate for three limits,
+  each run lasting at least 20 s; target 0.95 to 1.05.
+
+Throughputs are in bytes of the disc (uncompressed) per second.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.unit.conftest import load, real_utils
+
+PORT = 2299
+DATA_MIB = 384
+LIMITS_KIB = (1024, 8192, 32768)
+CAPPED_SECONDS = 21
+
+
+def make_data(path, mib):
+    """Half random, half repeated text: about 3:1 with gzip, like a used disc."""
+    text = b"".join(b"%08d pairvm backup benchmark line of a log file or a config\n" % i
+                    for i in range(16384))[: 2**20]
+    with open(path, "wb") as fh:
+        for i in range(mib):
+            fh.write(os.urandom(2**20) if i % 3 == 0 else text)
+
+
+def cycle(data, part, size):
+    """``part``: ``size`` bytes of ``data`` repeated."""
+    chunk = data.read_bytes()
+    with open(part, "wb") as dst:
+        while size > 0:
+            dst.write(chunk[:size])
+            size -= len(chunk)
+
+
+def start_sshd(tmp):
+    for key in ("client", "hostkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
+    (tmp / "authorized_keys").write_text((tmp / "client.pub").read_text())
+    (tmp / "known_hosts").write_text(f"[127.0.0.1]:{PORT} {(tmp / 'hostkey.pub').read_text()}")
+    (tmp / "sshd_config").write_text(
+        f"Port {PORT}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\n"
+        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPidFile none\nUsePAM no\nStrictModes no\n"
+        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers root\n")
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp / "sshd_config")],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["sh", "-c", f"ss -ltn | grep -q '127.0.0.1:{PORT} '"], check=False).returncode:
+        if time.monotonic() > deadline or sshd.poll() is not None:
+            raise SystemExit("bench: sshd did not start")
+        time.sleep(0.1)
+    return sshd
+
+
+def product(tmp):
+    """_modules/pairvm.py with Salt's dunders: real utils; progress events kept in
+    ``pairvm.events`` as (time, bytes)."""
+    pairvm = load("_modules/pairvm.py", "pairvm_bench")
+    pairvm.__utils__ = real_utils()
+    pairvm.events = []
+    pairvm.__salt__ = {
+        "event.send": lambda tag, data: pairvm.events.append((time.monotonic(), data["bytes"])),
+    }
+    pairvm.__opts__ = {}
+    pairvm.__grains__ = {"id": "bench"}
+    pairvm.__context__ = {}
+    settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT}
+    return pairvm, settings
+
+
+def timed(argv, **kwargs):
+    start = time.monotonic()
+    subprocess.run(argv, check=True, **kwargs)
+    return time.monotonic() - start
+
+
+def send(pairvm, settings, data, dest, speed, compress):
+    """Disc bytes per second of one whole backup (connect, stream, checksum, rename)."""
+    size = data.stat().st_size
+    target = {"user": "root", "host": "127.0.0.1", "path": str(dest)}
+    start = time.monotonic()
+    pairvm._send("bench", str(data), size, target, dict(settings, speed=speed, compress=compress),
+                 lambda: None)
+    return size / (time.monotonic() - start)
+
+
+def stages_alone(pairvm, settings, data, out, compress):
+    """Throughput (disc bytes/s) of each stage on its own."""
+    size = data.stat().st_size
+    tool = pairvm.__utils__["pairvm_backup.compressor"](compress)["compress"]
+    packed = out / f"alone.{compress}"
+    subprocess.run(["cat", str(data)], stdout=subprocess.DEVNULL, check=True)  # page cache, as the pipeline
+    read = size / timed(["pv", "-q", "-s", str(size), str(data)], stdout=subprocess.DEVNULL)
+    with open(data, "rb") as src, open(packed, "wb") as dst:
+        pack = size / timed(tool, stdin=src, stdout=dst)
+    ssh = pairvm.__utils__["pairvm_backup.ssh_argv"](
+        {"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [f"cat > {out}/alone.remote"]
+    with open(packed, "rb") as src:
+        carry = size / timed(ssh, stdin=src)
+    return {"read": read, compress: pack, "ssh": carry}
+
+
+def mib(rate):
+    return f"{rate / 2**20:8.1f} MiB/s"
+
+
+def main():
+    tmp = Path(tempfile.mkdtemp(prefix="pvbench-", dir="/var/tmp"))
+    os.chmod(tmp, 0o755)
+    sshd = None
+    try:
+        data = tmp / "disc.img"
+        make_data(data, DATA_MIB)
+        sshd = start_sshd(tmp)
+        pairvm, settings = product(tmp)
+        print(f"backup throughput: {DATA_MIB} MiB of data (1/3 random), sshd on 127.0.0.1:{PORT}, "
+              f"{os.cpu_count()} CPUs")
+        print("uncapped: pipeline / slowest stage alone (target >= 0.80)")
+        for compress in ("gzip", "zstd"):
+            alone = stages_alone(pairvm, settings, data, tmp, compress)
+            pipeline = send(pairvm, settings, data, tmp / f"uncapped.{compress}", 0, compress)
+            slowest = min(alone, key=alone.get)
+            stages = ", ".join(f"{k} {mib(v).strip()}" for k, v in alone.items())
+            print(f"  {compress:5} pipeline {mib(pipeline)}; alone: {stages}; "
+                  f"ratio {pipeline / alone[slowest]:.2f} (slowest: {slowest})")
+        print(f"capped (gzip): achieved / requested, {CAPPED_SECONDS} s each (target 0.95 to 1.05)")
+        for limit in LIMITS_KIB:
+            part = tmp / f"capped-{limit}.img"
+            cycle(data, part, limit * 1024 * CAPPED_SECONDS)
+            pairvm.events.clear()
+            whole = send(pairvm, settings, part, tmp / f"capped-{limit}.gz", limit, "gzip")
+            # pv's counts once a second (the last event is the final one after the rename)
+            (t0, b0), (t1, b1) = pairvm.events[0], pairvm.events[-2]
+            reading = (b1 - b0) / (t1 - t0)
+            print(f"  {limit:6} KiB/s: read at {reading / 1024:9.1f} KiB/s over {t1 - t0:5.1f} s, "
+                  f"ratio {reading / (limit * 1024):.3f}; whole backup incl. connect and rename "
+                  f"{whole / 1024:9.1f} KiB/s, ratio {whole / (limit * 1024):.3f}")
+            part.unlink()
+    finally:
+        if sshd:
+            sshd.terminate()
+            sshd.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
