@@ -277,3 +277,16 @@ def test_schedule_from_pillar_runs_through_the_minions_scheduler(bvm1, lab, salt
     assert salt_cli.run("state.apply", "pairvm.host.backup", minion_tgt="hostB").returncode == 0
     assert "pairvm-backup-nightly" not in (
         salt_cli.run("schedule.list", "return_yaml=False", minion_tgt="hostB").data or {})
+
+
+def test_test_mode_lists_the_commands_and_changes_nothing(bvm1, lab, salt_cli):
+    before = files()
+    ret = salt_cli.run("pairvm.backup", "bvm1", dest("t/_NAME.gz"), "speed=512", "test=True",
+                       minion_tgt="hostB")
+    assert ret.returncode == 0, ret
+    steps = ret.data["changes"]
+    assert steps[0] == "lvcreate -s -n bvm1-backup -l 20%ORIGIN there/bvm1"
+    assert steps[1].startswith("pv -L 512k /dev/there/bvm1-backup")
+    assert "/var/tmp/pvbackup/t/bvm1.gz" in steps[1]
+    assert steps[2] == "lvremove -f there/bvm1-backup"
+    assert files() == before and snapshots(lab) == []
