@@ -1240,7 +1240,10 @@ def _backup_settings(**overrides):
     """Pillar pairvm:backup (else /machines/_global's copy) with defaults, then the
     call's own non-None arguments."""
     raw = _setting("backup", None)
-    settings = _schema("backup_settings", raw if raw is not None else _this_host().get("backup"))
+    if raw is None:  # no master: the copy of pairvm.config in /machines/_global, flat keys
+        raw = {key[len("backup_"):]: value
+               for key, value in _this_host().items() if key.startswith("backup_")}
+    settings = _schema("backup_settings", raw)
     given = {key: value for key, value in overrides.items() if value is not None}
     if given:
         settings = _schema("backup_settings", {**settings, **given, "schedule": {}})

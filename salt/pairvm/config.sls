@@ -11,9 +11,9 @@ pairvm-config-host-in-pair:
     - name: "minion {{ me }} is not one of pillar pairvm:pair ({{ pairvm.pair | list | join(', ') }})"
 {%- else %}
 {%- set peer = peers | first | default(none) %}
-{#- The SSH settings of backups, for the host command without a master. #}
+{#- The SSH settings of backups, for the host command without a master
+    (flat keys: the host command reads this file without a YAML parser). #}
 {%- set backup = salt['pairvm.backup_settings']() %}
-{%- do backup.pop('schedule') %}
 
 pairvm-config-machines-dir:
   file.directory:
@@ -39,7 +39,9 @@ pairvm-config-global-file:
         bridge: {{ pairvm.bridge }}
         memory_cap: {{ pairvm.memory_cap }}
         domain_type: {{ pairvm.domain_type }}
-        backup: {{ backup | json }}
+{%- for key in ('key', 'known_hosts', 'port', 'speed', 'compress', 'snapshot_size') %}
+        backup_{{ key }}: {{ backup[key] | json }}
+{%- endfor %}
     - require:
       - file: pairvm-config-machines-dir
 
