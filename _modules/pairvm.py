@@ -60,6 +60,7 @@ DRBD_DIR = "/etc/drbd.d"
 LOCK_DIR = "/run/lock/pairvm"
 SUPPRESS_DIR = "/var/lib/pairvm/suppressed"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
+PIPE_BYTES = 1 << 20
 LIST_FIELDS = (
     "name", "memory", "disc", "running", "location", "vnc_display",
     "drbd_connection", "drbd_disk", "mac", "ip",
@@ -1334,6 +1335,12 @@ class _Pipeline:
                         stream.close()
 
 
+def _widen_pipe(stream):
+    """1 MiB instead of 64 KiB: fewer context switches between the stages."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 def _remote(dest, settings, script, *lines, timeout=120):
     """Run one constant script on the backup host; ``lines`` (the path first) on its stdin."""
     argv = __utils__["pairvm_backup.ssh_argv"](dest, settings, script)
@@ -1379,6 +1386,8 @@ def _send(name, device, size, dest, settings, before_commit):
         reader.stdout.close()
         sender = pipe.start("sending to the backup host", _bk("ssh_argv")(dest, settings, "upload"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for stream in (packer.stdout, sender.stdin):
+            _widen_pipe(stream)
         pipe.collect_stderr(reader, "reading the snapshot", pv_line)
         pipe.collect_stderr(packer, f"{settings['compress']} compression")
         pipe.collect_stderr(sender, "sending to the backup host")

@@ -132,11 +132,6 @@ def test_remote_scripts_take_the_path_from_stdin_and_never_interpret_it(tmp_path
     assert not list(tmp_path.rglob("pwned*"))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [f"{HOSTILE.split('/')[-1]}.partial"]
 
-    bad = sh(backup.COMMIT, f"{dest}\n{'0' * 64}\n".encode(), tmp_path)
-    assert bad.returncode == 3 and b"checksum mismatch" in bad.stderr
-    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # refused: the partial file is gone
-
-    sh(backup.UPLOAD, dest.encode() + b"\n" + data, tmp_path)
     assert sh(backup.COMMIT, f"{dest}\n{digest}\n".encode(), tmp_path).returncode == 0
     final = tmp_path / f"sub{HOSTILE}"
     assert final.read_bytes() == data
@@ -147,6 +142,14 @@ def test_remote_scripts_take_the_path_from_stdin_and_never_interpret_it(tmp_path
     assert backup.parse_remote_sum(check) == (digest, len(data), digest)
     assert sh(backup.READ, f"{dest}\n".encode(), tmp_path).stdout == data
     assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_upload_fails_when_the_file_cannot_be_made_and_commit_without_upload_fails(tmp_path):
+    (tmp_path / "vm1.gz.partial").mkdir()
+    up = sh(backup.UPLOAD, f"{tmp_path}/vm1.gz\n".encode() + b"data", tmp_path)
+    assert up.returncode != 0 and b"Is a directory" in up.stderr and up.stdout == b""
+    commit = sh(backup.COMMIT, f"{tmp_path}/vm2.gz\n{'0' * 64}\n".encode(), tmp_path)
+    assert commit.returncode != 0 and not (tmp_path / "vm2.gz").exists()
 
 
 def test_abort_removes_only_the_partial_file(tmp_path):
