@@ -87,27 +87,31 @@ class Host:
         self.run(["sh", "-c", f"cat > {path}"], stdin=text)
 
     def status(self):
-        """The one-shot machine-readable query the product uses."""
-        out = self.run(["drbdsetup", "events2", "--now", "all"]).stdout
-        res = {}
-        for line in out.splitlines():
-            words = line.split()
-            if len(words) < 3:
-                continue
-            kind = words[1]
-            fields = dict(w.split(":", 1) for w in words[2:])
-            r = res.setdefault(fields["name"], {})
-            for k, v in fields.items():
-                r[f"{kind}.{k}"] = v
-        return res
+        return status(self)
 
     def stop(self):
         self.proc.kill()
         self.proc.wait()
 
 
+def status(host):
+    """The one-shot machine-readable query the product uses."""
+    out = host.run(["drbdsetup", "events2", "--now", "all"]).stdout
+    res = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) < 3:
+            continue
+        kind = words[1]
+        fields = dict(w.split(":", 1) for w in words[2:])
+        r = res.setdefault(fields["name"], {})
+        for k, v in fields.items():
+            r[f"{kind}.{k}"] = v
+    return res
+
+
 def summary(host, res):
-    s = host.status().get(res, {})
+    s = status(host).get(res, {})
     return (s.get("resource.role"), s.get("connection.role"), s.get("peer-device.replication"),
             s.get("device.disk"), s.get("peer-device.peer-disk"))
 
@@ -320,3 +324,65 @@ def test_scenario(pair):
         assert "r0" not in h.status()
         assert h.run(["test", "-e", "/dev/drbd0"], check=False).returncode != 0
     assert drbdshim.resource_state("r0") is None
+
+
+# --- the backing LV under DRBD, on the lab pair (LVM shim + DRBD shim) ------------
+
+
+@pytest.fixture(scope="module")
+def lab_pair():
+    """hostA and hostB of the namespace lab (no libvirt): LVM shims on loop
+    devices, replication link eth1, the lab lock held."""
+    from tests.lab import lab as labmod
+
+    lab = labmod.Lab(("hostA", "hostB"), pv_size_mib=256)
+    keepers = []
+    try:
+        lab.up(libvirt=False)
+        # The DRBD shim reaches a host's /dev through a process living in its
+        # mount namespace (libvirtd, in the full lab): keep one in each.
+        keepers = [subprocess.Popen(h.argv(["sleep", "3600"])) for h in lab.hosts.values()]
+        yield lab.hosts
+    finally:
+        for h in lab.hosts.values():
+            if Path("/run/netns", f"pvlab-{h.name}").exists():
+                h.run(["drbdadm", "down", "all"], check=False)
+        for keeper in keepers:
+            keeper.kill()
+            keeper.wait()
+        lab.down()
+
+
+def test_snapshot_of_backing_lv_on_secondary_is_live_replica(lab_pair):
+    """Real DRBD writes every replicated block into the Secondary's backing LV,
+    so a snapshot of that LV (how backups read a disc) holds the Primary's data."""
+    a, b = lab_pair["hostA"], lab_pair["hostB"]
+    disks = {"hostA": "/dev/here/r1", "hostB": "/dev/there/r1"}
+    for h, vg in ((a, "here"), (b, "there")):
+        h.run(["mkdir", "-p", "/run/lock"])  # drbdmeta's lock files (/var/lock)
+        h.run(["sh", "-c", "cat > /etc/drbd.d/global_common.conf"], input=GLOBAL)
+        h.run(["sh", "-c", "cat > /etc/drbd.d/r1.res"], input=resfile("r1", 1, 7790, disks))
+        h.run(["lvcreate", "-n", "r1", "-L", "64M", vg])
+        h.run(["drbdadm", "create-md", "--force", "r1"])
+        h.run(["drbdadm", "up", "r1"])
+    a.run(["drbdadm", "primary", "--force", "r1"])
+    wait_for(a, "r1", ("Primary", "Secondary", "Established", "UpToDate", "UpToDate"))
+    a.run(["sh", "-c", "head -c 3145728 /dev/urandom > /tmp/pattern-$$; "
+                       "dd if=/tmp/pattern-$$ of=/dev/drbd1 bs=1M oflag=direct status=none; "
+                       "rm /tmp/pattern-$$"])
+    want = md5(a, "/dev/drbd1", 3 * MIB)
+    assert md5(b, "/dev/drbd1", 3 * MIB) == want  # the replica is live on B
+    b.run(["lvcreate", "-s", "-L", "64M", "-n", "r1-snap", "there/r1"])
+    assert md5(b, "/dev/there/r1-snap", 3 * MIB) == want
+    # a later write reaches the next snapshot too (not a copy of the last split)
+    a.run(["sh", "-c", "printf LATER | dd of=/dev/drbd1 bs=4k conv=sync oflag=direct status=none"])
+    want2 = md5(a, "/dev/drbd1", 3 * MIB)
+    b.run(["lvcreate", "-s", "-L", "64M", "-n", "r1-snap2", "there/r1"])
+    assert md5(b, "/dev/there/r1-snap2", 3 * MIB) == want2 != want
+    # and the primary's own snapshot is its own data, as before
+    a.run(["lvcreate", "-s", "-L", "64M", "-n", "r1-snap", "here/r1"])
+    assert md5(a, "/dev/here/r1-snap", 3 * MIB) == want2
+    a.run(["drbdadm", "secondary", "r1"])
+    for h, vg in ((a, "here"), (b, "there")):
+        h.run(["drbdadm", "down", "r1"])
+        h.run(["lvremove", "-y", f"{vg}/r1"])

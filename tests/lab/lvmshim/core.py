@@ -407,8 +407,52 @@ def copy_snapshot(host, origin_path, path, loops):
     os.makedirs(host.tmpdir, exist_ok=True)
     tmp = os.path.join(host.tmpdir, os.path.basename(path) + f".{os.getpid()}")
     _sh(["cp", "--sparse=always", origin_path, tmp])
+    _overlay_drbd_live_data(loops.get(origin_path, []), tmp)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.replace(tmp, path)
+
+
+def _overlay_drbd_live_data(origin_loops, tmp):
+    """If the origin is this host's backing LV of a DRBD shim resource whose
+    /dev/drbdN currently maps another block device (the peer's LV while
+    connected, see drbdshim/README.md "Bytes"), copy that live data area over
+    the copy: real DRBD writes every replicated block into the backing LV, so
+    a snapshot of it on the Secondary holds the replica's current content."""
+    rdevs = [[7, int(os.path.basename(dev)[len("loop"):])] for dev in origin_loops]
+    if not rdevs:
+        return
+    try:
+        from drbdshim import devices as drbd_devices
+        from drbdshim import kernel as drbd_kernel
+        from drbdshim import state as drbd_state
+    except ImportError:
+        return
+    me = os.uname().nodename
+    for res in drbd_state.all_names():
+        with drbd_state.locked(res) as box:
+            st = box["state"]
+            hs = (st or {}).get("hosts", {}).get(me)
+            if not hs or hs.get("backing_rdev") not in rdevs:
+                continue
+            drbd_kernel.settle(st)  # a resync whose time has come ends first
+            if hs["map"] and hs["map"] != hs["backing_rdev"]:
+                _copy_head(drbd_devices.node_for(hs["map"]), tmp, hs["size"] * 512,
+                           [drbd_devices.node_for([7, h["loop"]])
+                            for h in st["hosts"].values() if h.get("loop") is not None])
+            return
+
+
+def _copy_head(src, dst_file, length, flush, chunk=1 << 20):
+    """dst_file[:length] = src[:length], after flushing the devices in ``flush``."""
+    _flush(flush + [src])
+    with open(src, "rb") as fin, open(dst_file, "r+b") as fout:
+        pos = 0
+        while pos < length:
+            data = fin.read(min(chunk, length - pos))
+            if not data:
+                break
+            fout.write(data)
+            pos += len(data)
 
 
 # --- reconcile -----------------------------------------------------------
