@@ -474,8 +474,8 @@ def _drbd_checks(host, name, state):
     if state.get("split_brain"):
         found.append(_finding("ERROR", "EDRBDSPLITBRAIN", name, host,
                               f"DRBD resource {name} is StandAlone with its disc {state.get('disk')}: "
-                              f"split brain (or a manual disconnect); nothing was discarded: choose "
-                              f"the side whose changes to drop"))
+                              f"split brain; nothing was discarded: choose the side whose changes to "
+                              f"drop (salt-run pairvm.split_brain_victim {name} HOST)"))
     elif state.get("connection") != "Connected":
         found.append(_finding("ERROR", "EDRBDDISCONNECTED", name, host,
                               f"DRBD resource {name} is {state.get('connection')}, not Connected: "

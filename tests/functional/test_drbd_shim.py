@@ -31,7 +31,8 @@ pytestmark = pytest.mark.skipif(
 
 MIB = 1 << 20
 ADDR = {"hostA": "10.78.0.11", "hostB": "10.78.0.12"}
-GLOBAL = "global { usage-count no; }\ncommon { }\n"
+GLOBAL = ("global { usage-count no; }\n"
+          'common { handlers { split-brain "touch /var/lib/drbd/split-brain-$DRBD_RESOURCE"; } }\n')
 
 
 def resfile(name, minor, port, disks, extra_net=""):
@@ -285,8 +286,12 @@ def test_scenario(pair):
         wait_for(h, "r0", ("Primary", "Unknown", "StandAlone", "UpToDate", "DUnknown"))
     events = a.run(["drbdsetup", "events2", "--now", "all"]).stdout
     assert "connection:StandAlone" in events
-    parsed = product_drbd._parse_events(events)["r0"]  # the product's parser, on shim output
+    # the shim ran the kernel's helper (drbdadm split-brain minor-0) on both hosts
+    for h in (a, b):
+        assert h.run(["test", "-e", "/var/lib/drbd/split-brain-r0"], check=False).returncode == 0
+    parsed = product_drbd._parse_events(events, {"r0"})["r0"]  # the product's parser, on shim output
     assert parsed["split_brain"] is True and parsed["role"] == "Primary" and parsed["minor"] == 0
+    assert product_drbd._parse_events(events)["r0"]["split_brain"] is False  # StandAlone alone is not
     gone = a.run(["drbdadm", "disconnect", "r0"], check=False)
     assert "??: Failure: (162) Invalid configuration request" in gone.stderr
     assert "unknown connection" in gone.stderr
