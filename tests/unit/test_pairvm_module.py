@@ -492,8 +492,9 @@ class Host:
     def _drbd_connect(self, name, discard_my_data=False):
         self._need_up("connect", name)
         if discard_my_data and self.drbd[name]["role"] == "Primary":
-            raise CommandExecutionError(f"'drbdadm connect --discard-my-data {name}' failed with exit "
-                                        f"code 10: Failure: (123) --discard-my-data not allowed when primary.")
+            raise CommandExecutionError(
+                f"'drbdadm connect --discard-my-data {name}' failed with exit code 10: "
+                f"Failure: (123) --discard-my-data not allowed when primary.")
         self.drbd[name].update(connection="Connecting", standalone=False, split_brain=False)
         return True
 
@@ -1343,7 +1344,8 @@ def test_split_brain_victim_test_true_lists_the_commands_and_changes_nothing(pee
 @pytest.mark.parametrize("state, domain, message", [
     (None, None, "DRBD resource vm1 is not up on hostB"),
     (drbd_state(), None, "is Connected with its disc UpToDate, not in split brain: nothing is discarded"),
-    (dict(drbd_state(**SPLIT), split_brain=False), None, r"StandAlone.*not in split brain.*drbdadm connect vm1"),
+    (dict(drbd_state(**SPLIT), split_brain=False), None,
+     r"StandAlone.*not in split brain.*drbdadm connect vm1"),
     (drbd_state(**SPLIT), "running", "VM vm1 is running on hostB"),
 ])
 def test_split_brain_victim_refuses_unless_a_split_brain_with_the_vm_stopped(peer, state, domain, message):
