@@ -377,7 +377,11 @@ def _write_step(plan, path, text, mode=0o644, write=None):
 
 
 def _lvcreate(name, vg, size):
-    _check_lvm(__salt__["lvm.lvcreate"](name, vg, size=size)["Output from lvcreate"],
+    # force: ``--yes``. A new LV may sit on the extents of a removed one and
+    # start with its old signatures (a DRBD super block, a file system): real
+    # lvcreate then asks whether to wipe them and, with nobody to answer,
+    # refuses. The LV is new: wiping them is right.
+    _check_lvm(__salt__["lvm.lvcreate"](name, vg, size=size, force=True)["Output from lvcreate"],
                "created", f"lvcreate {vg}/{name}")
 
 

@@ -600,7 +600,8 @@ def test_create_with_test_lists_the_exact_commands_and_changes_nothing(host):
 def test_create_on_the_home_host_builds_storage_config_and_makes_it_the_sync_source(host):
     ret = pairvm.create("vm1")
     record = host.record("vm1")
-    host.salt["lvm.lvcreate"].assert_called_once_with("vm1", "here", size="1024M")
+    # force=True (--yes): a new LV may start with a removed one's signatures; wipe them
+    host.salt["lvm.lvcreate"].assert_called_once_with("vm1", "here", size="1024M", force=True)
     assert host.lvs == {"here/vm1": 1024}
     res = host.drbd_dir / "vm1.res"
     assert stat.S_IMODE(res.stat().st_mode) == 0o600
@@ -624,7 +625,7 @@ def test_create_on_the_home_host_builds_storage_config_and_makes_it_the_sync_sou
 
 def test_create_on_the_peer_uses_the_replica_vg_and_never_promotes(peer):
     pairvm.create("vm1")
-    peer.salt["lvm.lvcreate"].assert_called_once_with("vm1", "there", size="1024M")
+    peer.salt["lvm.lvcreate"].assert_called_once_with("vm1", "there", size="1024M", force=True)
     assert [n for n, _, _ in drbd_calls(peer)] == ["drbd.create_md", "drbd.up"]
     peer.salt["drbd.primary"].assert_not_called()
     assert schema.load_record((peer.machines / "vm1").read_text()) == peer.record("vm1")
