@@ -55,23 +55,35 @@ class SaltCall:
         return (proc.returncode, data) if not check else data
 
 
-def configure_salt(lab):
-    pillar_dir = klab.DATA / "pillar"
+def write_pillar_and_tree(data_dir):
+    pillar_dir = data_dir / "pillar"
     pillar_dir.mkdir(parents=True, exist_ok=True)
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - pairvm\n")
     (pillar_dir / "pairvm.sls").write_text(salt.utils.yaml.safe_dump(pillar()))
-    tree = saltlab.file_tree(klab.DATA / "srv")
+    return pillar_dir, saltlab.file_tree(data_dir / "srv")
+
+
+def configure_salt(lab):
+    pillar_dir, tree = write_pillar_and_tree(klab.DATA)
     for host in lab.hosts.values():
-        minion = {
-            "id": host.name,
-            "file_client": "local",
-            "file_roots": {"base": [str(tree)]},
-            "pillar_roots": {"base": [str(pillar_dir)]},
-            "root_dir": str(host.dir / "salt"),
-        }
-        (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
-        host.salt = SaltCall(host)
-        host.salt("saltutil.sync_all")
+        write_minion_config(host, tree, pillar_dir)
+
+
+def write_minion_config(host, tree, pillar_dir):
+    """A masterless minion in the host; grains cached (salt-call takes 1 s, not 2.5 s)."""
+    minion = {
+        "id": host.name,
+        "file_client": "local",
+        "file_roots": {"base": [str(tree)]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "root_dir": str(host.dir / "salt"),
+        "grains_cache": True,
+        "grains_cache_expiration": 3600,
+        "enable_fqdns_grains": False,
+    }
+    (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
+    host.salt = SaltCall(host)
+    host.salt("saltutil.sync_all")
 
 
 @pytest.fixture(scope="session")

@@ -178,6 +178,7 @@ class KernelHost:
             proc.kill()
             raise RuntimeError(f"kernel lab host {self.name}: {proc.stderr.read()}")
         self.procs["ns"] = proc
+        (self.dir / "ns.pid").write_text(f"{proc.pid}\n")  # for clean() after a killed run
 
     def argv(self, argv):
         env = [f"{k}={v}" for k, v in environ(self.name).items()]
@@ -251,9 +252,9 @@ def _wait_listening(port, timeout=10):
 # --- clean-up, also after a killed run (tests/lab status/clean call these) ------
 
 def lab_processes():
-    """(pid, args) of processes a kernel lab started: QEMU and the namespace
-    holders name DATA on their command line."""
-    found = []
+    """(pid, args) of processes a kernel lab started: QEMU names DATA on its
+    command line; the namespace holders are in DATA/<host>/ns.pid."""
+    found, holders = [], _holders()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
@@ -264,10 +265,24 @@ def lab_processes():
                 zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if not zombie and str(DATA) in args and args.split()[0] in (
-                "qemu-system-x86_64", "unshare", "sleep", "sh"):
+        if not zombie and (int(pid) in holders or str(DATA) in args and args.split()[0] in (
+                "qemu-system-x86_64", "unshare", "sh")):
             found.append((int(pid), args))
     return found
+
+
+def _holders():
+    """Pids of the host namespaces' ``sleep`` holders (their argv names no lab path)."""
+    pids = set()
+    for path in DATA.glob("*/ns.pid"):
+        try:
+            pid = int(path.read_text())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"sleep\0"):
+                    pids.add(pid)
+        except (OSError, ValueError):
+            continue
+    return pids
 
 
 def leftovers():

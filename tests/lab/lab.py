@@ -152,8 +152,14 @@ def clean():
 
 
 def leftovers():
-    """What a lab left behind: a list of human-readable lines (empty when clean)."""
+    """What a lab left behind: a list of human-readable lines (empty when clean).
+
+    The kernel lab's too (tests/kernel/klab.py: its QEMU, namespace holders
+    and /var/tmp/pvkernel), though it has a lock of its own."""
+    from tests.kernel import klab
+
     found = [f"network namespace {namespaces.netns_name(n)}" for n in namespaces.lab_netns_names()]
+    found += klab.leftovers()
     loops = json.loads(
         subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True).stdout or "{}"
     ).get("loopdevices", [])
