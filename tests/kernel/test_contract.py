@@ -133,7 +133,10 @@ def shim_lab():
     lab = labmod.Lab(("hostA", "hostB"), pv_size_mib=384)
     keepers = []
     try:
-        lab.up(libvirt=False)
+        start = time.monotonic()
+        lab.up(libvirt=False)  # waits while another run holds the namespace lab's lock
+        print(f"\nnamespace lab (shims) up in {time.monotonic() - start:.1f} s, including any wait "
+              f"for {labmod.LOCK_PATH}")
         # the DRBD shim reaches a host's /dev and runs the kernel's helpers
         # through a process living in the host (libvirtd, in the full lab)
         keepers = [subprocess.Popen(h.argv(["sleep", "3600"])) for h in lab.hosts.values()]
