@@ -129,8 +129,12 @@ def wait_for(host, res, want, timeout=10):
 
 
 def losetup(path):
-    return subprocess.run(["losetup", "--find", "--show", str(path)], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    dev = subprocess.run(["losetup", "--find", "--show", str(path)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    # a read-only flag set on a loop device (the DRBD shim's Secondary) survives
+    # detach and re-attach on this kernel: say read-write explicitly
+    subprocess.run(["blockdev", "--setrw", dev], check=True)
+    return dev
 
 
 def cleanup_loops(tmp):
