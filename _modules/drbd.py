@@ -17,8 +17,20 @@ all``, whose 8.4 lines look like::
     exists -
 
 (one line per object; wrapped here).
+
+Split brain: DRBD 8.4 shows an unresolved split brain only as a StandAlone
+connection, exactly like an administrative ``drbdadm disconnect`` (events2,
+``drbdsetup show`` and the UUIDs tell them apart no better). What the kernel
+does besides is call its usermode helper ``drbdadm split-brain minor-N``,
+which runs the ``split-brain`` handler of the resource. The formula's
+``global_common.conf`` (``pairvm_render.drbd_global_common``) sets that
+handler to record the resource name as a file in ``SPLIT_BRAIN_DIR``; a
+resource is in split brain when it is StandAlone with a disk and marked so.
+A new connection attempt (``connect``, ``up``) removes the mark: if the
+kernel finds a split brain again, its handler marks it again.
 """
 
+import os
 import re
 
 import salt.utils.path
@@ -27,6 +39,9 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 __virtualname__ = "drbd"
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,14}")
+# Written by the split-brain handler (see the module docstring); the same
+# path is in pairvm_render.SPLIT_BRAIN_DIR.
+SPLIT_BRAIN_DIR = "/var/lib/pairvm/split-brain"
 
 
 def __virtual__():
@@ -59,7 +74,8 @@ def _adm(*args):
     return True
 
 
-def _parse_events(text):
+def _parse_events(text, marked=()):
+    """Parse events2 lines; ``marked``: resources the split-brain handler marked."""
     res = {}
     for line in text.splitlines():
         words = line.split()
@@ -87,12 +103,12 @@ def _parse_events(text):
         elif kind == "peer-device":
             r["replication"] = fields.get("replication")
             r["peer_disk"] = fields.get("peer-disk")
-    for r in res.values():
-        # 8.4 exposes no split-brain flag: after "Split-Brain detected but
-        # unresolved" the kernel drops the connection, i.e. StandAlone with a
-        # local disk. An administrative disconnect looks the same.
+    for name, r in res.items():
+        # 8.4 has no split-brain state: after "Split-Brain detected but
+        # unresolved" the kernel drops the connection (StandAlone, as after a
+        # disconnect) and runs the split-brain handler, which marks it.
         r["standalone"] = r["connection"] == "StandAlone"
-        r["split_brain"] = r["standalone"] and r["disk"] not in (None, "Diskless")
+        r["split_brain"] = r["standalone"] and r["disk"] not in (None, "Diskless") and name in marked
         r["connected"] = r["connection"] == "Connected"
         r["syncing"] = (r["replication"] or "").startswith(("Sync", "PausedSync"))
         r["up_to_date"] = r["disk"] == "UpToDate" and r["peer_disk"] == "UpToDate"
@@ -108,8 +124,9 @@ def status(name=None):
     peer_disk, minor, volume, connected, syncing, up_to_date, standalone,
     split_brain}}``. A resource that is down is absent. With ``name``, returns
     that resource's dict, or ``{}`` if it is down. ``split_brain`` is true for
-    a StandAlone resource with a local disk: DRBD 8.4 shows an unresolved split
-    brain only that way (an explicit ``disconnect`` looks the same).
+    a StandAlone resource with a local disk that the kernel's split-brain
+    handler marked (see the module docstring); a StandAlone resource after a
+    plain ``disconnect`` is not a split brain.
 
     CLI Example:
 
@@ -120,10 +137,26 @@ def status(name=None):
     """
     if name is not None:
         _name(name)
-    res = _parse_events(_run(["drbdsetup", "events2", "--now", "all"]))
+    res = _parse_events(_run(["drbdsetup", "events2", "--now", "all"]), _split_brain_marks())
     if name is not None:
         return res.get(name, {})
     return res
+
+
+def _split_brain_marks():
+    try:
+        return set(os.listdir(SPLIT_BRAIN_DIR))
+    except FileNotFoundError:
+        return set()
+
+
+def _forget_split_brain(name):
+    """A new connection attempt: the kernel marks the resource again if it
+    still finds a split brain."""
+    try:
+        os.unlink(os.path.join(SPLIT_BRAIN_DIR, name))
+    except FileNotFoundError:
+        pass
 
 
 def create_md(name):
@@ -142,7 +175,9 @@ def create_md(name):
 
 def up(name):
     """
-    Attach and connect the resource (``drbdadm up``).
+    Attach and connect the resource (``drbdadm up``). A split-brain mark of
+    the resource is removed first (the kernel marks it again if the split
+    brain is still there when it connects).
 
     CLI Example:
 
@@ -150,7 +185,8 @@ def up(name):
 
         salt '*' drbd.up vm1
     """
-    return _adm("up", _name(name))
+    _forget_split_brain(_name(name))
+    return _adm("up", name)
 
 
 def down(name):
@@ -197,7 +233,9 @@ def secondary(name):
 def connect(name, discard_my_data=False):
     """
     Connect to the peer. ``discard_my_data=True`` makes this side the
-    split-brain victim: it becomes SyncTarget and loses its changes.
+    split-brain victim: it becomes SyncTarget and loses its changes (use
+    ``pairvm.split_brain_victim``, which keeps a snapshot first). A
+    split-brain mark of the resource is removed first, as for ``up``.
 
     CLI Example:
 
@@ -206,7 +244,8 @@ def connect(name, discard_my_data=False):
         salt '*' drbd.connect vm1
         salt '*' drbd.connect vm1 discard_my_data=True
     """
-    return _adm("connect", *(["--discard-my-data"] if discard_my_data else []), _name(name))
+    _forget_split_brain(_name(name))
+    return _adm("connect", *(["--discard-my-data"] if discard_my_data else []), name)
 
 
 def disconnect(name):

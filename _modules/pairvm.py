@@ -411,7 +411,11 @@ def _write_step(plan, path, text, mode=0o644, write=None):
 
 
 def _lvcreate(name, vg, size):
-    _check_lvm(__salt__["lvm.lvcreate"](name, vg, size=size)["Output from lvcreate"],
+    # force: ``--yes``. A new LV may sit on the extents of a removed one and
+    # start with its old signatures (a DRBD super block, a file system): real
+    # lvcreate then asks whether to wipe them and, with nobody to answer,
+    # refuses. The LV is new: wiping them is right.
+    _check_lvm(__salt__["lvm.lvcreate"](name, vg, size=size, force=True)["Output from lvcreate"],
                "created", f"lvcreate {vg}/{name}")
 
 
@@ -882,6 +886,91 @@ def _drbd_mib(record):
         python_shell=False, ignore_retcode=True,
     )
     return int(res["stdout"]) // 2**20 if res["retcode"] == 0 else 0
+
+
+# --- split brain ------------------------------------------------------------------
+
+
+def split_brain_victim(name, snapshot_size=None, snapshot=True, test=False):
+    """
+    Resolve a DRBD split brain of VM ``name`` by discarding THIS host's changes.
+
+    Run it on the host whose writes since the split are to be dropped (the
+    other host's data survives). Refused unless DRBD reports a split brain
+    here (StandAlone, marked by the kernel's split-brain handler), and while
+    the VM runs on this host. First keeps this host's data: an LVM snapshot
+    ``<vg>/<name>-sb-<UTC time>`` of the backing LV, ``snapshot_size`` (e.g.
+    ``2G``; default the disc's full size, so it can never overflow) unless
+    ``snapshot=False`` is passed explicitly. Then demotes the resource if
+    needed and connects it with ``--discard-my-data``; the resync from the
+    peer starts when the peer connects too (``drbdadm connect NAME`` there;
+    ``salt-run pairvm.split_brain_victim NAME HOST`` does both hosts).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostB pairvm.split_brain_victim vm1
+        salt hostB pairvm.split_brain_victim vm1 snapshot_size=2G
+        salt hostB pairvm.split_brain_victim vm1 snapshot=False
+        salt hostB pairvm.split_brain_victim vm1 test=True
+    """
+    record = _machine(name)
+    if snapshot not in (True, False):
+        raise CommandExecutionError(f"snapshot must be True or False, not {snapshot!r}")
+    if not snapshot and snapshot_size is not None:
+        raise CommandExecutionError("snapshot_size was given with snapshot=False: pass one or the other")
+    vg = _vg(record)
+    with _lock(name):
+        plan = _Plan(name, test)
+        _check_victim(record)
+        if snapshot:
+            disc_mib = _lvs().get(f"{vg}/{name}")
+            if disc_mib is None:
+                raise CommandExecutionError(f"LV {vg}/{name} does not exist on {_me()}: nothing to keep")
+            mib = disc_mib if snapshot_size is None else _schema("parse_size_mib", snapshot_size, 1)
+            snap = f"{name}-sb-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+            plan.step(f"lvcreate -s -n {snap} -L {mib}M {vg}/{name}", _snapshot, snap, vg, name, mib)
+        if _drbd_status(name).get("role") == "Primary":
+            plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
+        plan.step(f"drbdadm connect --discard-my-data {name}", __salt__["drbd.connect"], name,
+                  discard_my_data=True)
+        kept = f"this host's data is kept in LV {vg}/{snap}; " if snapshot else ""
+        other = _other_host(record)
+        return plan.result(
+            f"VM {name}'s changes on {_me()} are discarded: {kept}it resyncs from {other} "
+            f"once {other} connects (there: drbdadm connect {name}, if it is StandAlone)"
+        )
+
+
+def _other_host(record):
+    return record["peer"] if record["home"] == _me() else record["home"]
+
+
+def _check_victim(record):
+    name = record["name"]
+    with _libvirt() as conn:
+        dom = _domain(conn, name)
+        if dom is not None and dom.isActive():
+            raise CommandExecutionError(
+                f"VM {name} is running on {_me()}: this host's disc is in use. Stop it first if this "
+                f"host's changes are the ones to discard, or run split_brain_victim on {_other_host(record)}"
+            )
+    drbd = _drbd_status(name)
+    if not drbd:
+        raise CommandExecutionError(f"DRBD resource {name} is not up on {_me()}: nothing to resolve")
+    if not drbd.get("split_brain"):
+        raise CommandExecutionError(
+            f"DRBD resource {name} on {_me()} is {drbd.get('connection')} with its disc "
+            f"{drbd.get('disk')}, not in split brain: nothing is discarded. If it is StandAlone after a "
+            f"disconnect, connect it (drbdadm connect {name}); DRBD reports a split brain if there is one"
+        )
+
+
+def _snapshot(snap, vg, origin, mib):
+    out = __salt__["lvm.lvcreate"](snap, vg, size=f"{mib}M", snapshot=origin)
+    _check_lvm(out.get("Output from lvcreate") if isinstance(out, dict) else out, "created",
+               f"snapshot of {vg}/{origin}")
 
 
 # --- autostart, suppress, ssh forwards ---------------------------------------------

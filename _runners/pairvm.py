@@ -288,6 +288,51 @@ def resize(name, size):
     return {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], home)}
 
 
+# --- split brain ----------------------------------------------------------------------------
+
+
+@_operation
+def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=False):
+    """
+    Resolve a DRBD split brain of VM ``name``: ``victim`` (a host of the
+    pair) loses its changes since the split, the other host's data survives.
+
+    On the victim, ``pairvm.split_brain_victim`` keeps a snapshot of its data
+    (``snapshot_size``, default the full disc; ``snapshot=False`` explicitly
+    to skip it), then reconnects it with ``--discard-my-data``; then the
+    other host, if it is StandAlone, is connected too and the resync starts.
+    Nothing changes when the victim refuses (no split brain, VM running there).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pairvm.split_brain_victim vm1 hostB
+        salt-run pairvm.split_brain_victim vm1 hostB snapshot_size=2G
+        salt-run pairvm.split_brain_victim vm1 hostB test=True
+    """
+    _util("pairvm_schema.validate_name", name)
+    pair = _pair(_util("pairvm_schema.settings", _pillar()))
+    if victim not in pair:
+        raise CommandExecutionError(f"victim {victim!r} is not a host of the pair ({', '.join(pair)})")
+    survivor = next(host for host in pair if host != victim)
+    kwargs = {"snapshot": snapshot, "test": test}
+    if snapshot_size is not None:
+        kwargs["snapshot_size"] = snapshot_size
+    result = {victim: _call(victim, "pairvm.split_brain_victim", name, **kwargs)}
+    state = _call(survivor, "drbd.status", name)
+    if state.get("connection") == "StandAlone":
+        if not test:
+            _call(survivor, "drbd.connect", name)
+        result[survivor] = {"name": name, "changes": [f"drbdadm connect {name}"],
+                            "comment": f"{'would connect' if test else 'connected'} {name} on {survivor}: "
+                                       f"its data is the sync source"}
+    else:
+        result[survivor] = {"name": name, "changes": [],
+                            "comment": f"{name} on {survivor} is {state.get('connection')}: nothing to do"}
+    return result
+
+
 # --- list ----------------------------------------------------------------------------------
 
 
@@ -474,8 +519,8 @@ def _drbd_checks(host, name, state):
     if state.get("split_brain"):
         found.append(_finding("ERROR", "EDRBDSPLITBRAIN", name, host,
                               f"DRBD resource {name} is StandAlone with its disc {state.get('disk')}: "
-                              f"split brain (or a manual disconnect); nothing was discarded: choose "
-                              f"the side whose changes to drop"))
+                              f"split brain; nothing was discarded: choose the side whose changes to "
+                              f"drop (salt-run pairvm.split_brain_victim {name} HOST)"))
     elif state.get("connection") != "Connected":
         found.append(_finding("ERROR", "EDRBDDISCONNECTED", name, host,
                               f"DRBD resource {name} is {state.get('connection')}, not Connected: "

@@ -42,6 +42,10 @@ SPLIT_BRAIN = (
     "after-sb-1pri disconnect;",
     "after-sb-2pri disconnect;",
 )
+# The split-brain handler records the resource here (read by the drbd module).
+SPLIT_BRAIN_DIR = "/var/lib/pairvm/split-brain"
+SPLIT_BRAIN_HANDLER = (f'split-brain "mkdir -p {SPLIT_BRAIN_DIR} && '
+                       f'touch {SPLIT_BRAIN_DIR}/$DRBD_RESOURCE";')
 HEADER = "# Managed by Salt (pairvm): rendered from /machines. Local edits are overwritten."
 UNITS = {"b": 1, "bytes": 1, "KB": 10**3, "k": 2**10, "KiB": 2**10, "MB": 10**6, "M": 2**20,
          "MiB": 2**20, "GB": 10**9, "G": 2**30, "GiB": 2**30, "TB": 10**12, "T": 2**40, "TiB": 2**40}
@@ -245,7 +249,11 @@ def drbd_global_common(options=None):
 
     ``global { usage-count no; }`` (otherwise the first ``drbdadm up`` stops at
     an interactive prompt) and a ``common`` section with protocol C and
-    split-brain policies that never discard a side with changes. The timing
+    split-brain policies that never discard a side with changes, and a
+    ``split-brain`` handler (run by the kernel through ``drbdadm split-brain
+    minor-N`` when it drops a connection over an unresolved split brain) that
+    creates ``/var/lib/pairvm/split-brain/<resource>``: the only way DRBD 8.4
+    tells a split brain apart from a plain disconnect. The timing
     options of ``drbd_resource`` (``resync_rate``, ``c_plan_ahead``,
     ``connect_int``) are written here too when given; its per-resource options
     (``shared_secret``, ``allow_two_primaries``) are accepted, so one options
@@ -263,6 +271,7 @@ def drbd_global_common(options=None):
     disk = _disk_lines(timing, on_io_error=False)
     if disk:
         common += _block("disk", disk)
+    common += _block("handlers", [SPLIT_BRAIN_HANDLER])
     lines = [HEADER, "global {", "    usage-count no;", "}", *_block("common", common)]
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,10 @@ def main(argv):
 
         demo.run()
     elif cmd in ("down", "clean"):
+        from tests.kernel import klab
+
         labmod.Lab().down()
+        klab.clean()  # a kernel lab left by a killed run (waits for one that runs)
         print("lab is down")
     elif cmd == "status":
         left = labmod.leftovers()

@@ -121,6 +121,7 @@ class Lab:
 
     def down(self):
         """Stop everything in the lab; leaves no process, namespace, mount or loop."""
+        hold_lock()  # before stopping libvirt: the lab may be another run's
         for host in self.hosts.values():
             if namespaces.netns_path(host.name).exists():
                 host.stop_libvirt()
@@ -152,8 +153,14 @@ def clean():
 
 
 def leftovers():
-    """What a lab left behind: a list of human-readable lines (empty when clean)."""
+    """What a lab left behind: a list of human-readable lines (empty when clean).
+
+    The kernel lab's too (tests/kernel/klab.py: its QEMU, namespace holders
+    and /var/tmp/pvkernel), though it has a lock of its own."""
+    from tests.kernel import klab
+
     found = [f"network namespace {namespaces.netns_name(n)}" for n in namespaces.lab_netns_names()]
+    found += klab.leftovers()
     loops = json.loads(
         subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True).stdout or "{}"
     ).get("loopdevices", [])

@@ -11,7 +11,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 MODULE = Path(__file__).resolve().parents[2] / "_modules" / "drbd.py"
 
-# drbdsetup-84 `events2 --now all`, as the shim and the 8.4 kernel print it
+# drbdsetup-84 `events2 --now all`, as the 8.4 kernel makes it print (and the shim, by contract)
 EVENTS = "".join(line + "\n" for line in [
     "exists resource name:vm1 role:Primary suspended:no",
     "exists connection name:vm1 peer-node-id:0 conn-name:peer connection:Connected role:Secondary",
@@ -21,22 +21,23 @@ EVENTS = "".join(line + "\n" for line in [
     "exists resource name:vm2 role:Secondary suspended:no",
     "exists connection name:vm2 peer-node-id:0 connection:StandAlone role:Unknown",
     "exists device name:vm2 volume:0 minor:4 disk:UpToDate",
-    "exists peer-device name:vm2 peer-node-id:0 volume:0 replication:StandAlone"
+    "exists peer-device name:vm2 peer-node-id:0 volume:0 replication:Off"
     " peer-disk:DUnknown resync-suspended:no",
     "exists resource name:vm3 role:Secondary suspended:no",
     "exists connection name:vm3 peer-node-id:0 conn-name:peer connection:Connecting role:Unknown",
     "exists device name:vm3 volume:0 minor:5 disk:Inconsistent",
     "exists peer-device name:vm3 peer-node-id:0 conn-name:peer volume:0"
-    " replication:WFConnection peer-disk:DUnknown resync-suspended:no",
+    " replication:Off peer-disk:DUnknown resync-suspended:no",
     "exists -",
 ])
 
 
 @pytest.fixture
-def drbd():
+def drbd(tmp_path):
     spec = importlib.util.spec_from_file_location("pairvm_drbd_under_test", MODULE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    mod.SPLIT_BRAIN_DIR = str(tmp_path / "split-brain")
     run_all = mock.MagicMock(return_value={"retcode": 0, "stdout": "", "stderr": ""})
     mod.__salt__ = {"cmd.run_all": run_all}
     sys.modules.pop("pairvm_drbd_under_test", None)
@@ -67,9 +68,11 @@ def test_status_one_command_for_all(drbd):
         "minor": 3, "volume": 0, "suspended": "no", "standalone": False, "split_brain": False,
         "connected": True, "syncing": True, "up_to_date": False,
     }
-    assert res["vm2"]["split_brain"] is True and res["vm2"]["peer_role"] == "Unknown"
+    # StandAlone alone is what a plain `drbdadm disconnect` gives too: no split brain
+    assert res["vm2"]["split_brain"] is False and res["vm2"]["standalone"] is True
+    assert res["vm2"]["peer_role"] == "Unknown"
     assert res["vm3"]["connection"] == "Connecting" and res["vm3"]["split_brain"] is False
-    assert drbd.status("vm3")["replication"] == "WFConnection"
+    assert drbd.status("vm3")["replication"] == "Off"
     assert drbd.status("vm9") == {}
 
 
@@ -159,3 +162,39 @@ def test_docstrings_have_cli_examples(drbd):
     for func in ("status", "create_md", "up", "down", "primary", "secondary", "connect",
                  "disconnect", "resize", "adjust", "dry_run_up", "check_config"):
         assert "CLI Example:" in getattr(drbd, func).__doc__, func
+
+
+def mark(drbd, name):
+    """What the split-brain handler of global_common.conf does."""
+    Path(drbd.SPLIT_BRAIN_DIR).mkdir(exist_ok=True)
+    (Path(drbd.SPLIT_BRAIN_DIR) / name).touch()
+
+
+def test_split_brain_is_standalone_marked_by_the_kernels_handler(drbd):
+    drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": EVENTS, "stderr": ""}
+    mark(drbd, "vm2")
+    mark(drbd, "vm3")  # marked, but connecting again: not (yet) a split brain
+    res = drbd.status()
+    assert res["vm2"]["split_brain"] is True
+    assert res["vm3"]["split_brain"] is False and res["vm1"]["split_brain"] is False
+    assert drbd.status("vm2")["split_brain"] is True
+
+
+@pytest.mark.parametrize("call", [("connect", "vm2"), ("up", "vm2")])
+def test_a_new_connection_attempt_forgets_the_mark(drbd, call):
+    mark(drbd, "vm2")
+    mark(drbd, "vm1")
+    getattr(drbd, call[0])(*call[1:])
+    assert sorted(p.name for p in Path(drbd.SPLIT_BRAIN_DIR).iterdir()) == ["vm1"]
+
+
+def test_the_render_writes_the_handler_into_the_directory_the_module_reads():
+    render_path = MODULE.parents[1] / "_utils" / "pairvm_render.py"
+    spec = importlib.util.spec_from_file_location("pairvm_render_for_drbd", render_path)
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    spec = importlib.util.spec_from_file_location("pairvm_drbd_pristine", MODULE)
+    pristine = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pristine)
+    assert render.SPLIT_BRAIN_DIR == pristine.SPLIT_BRAIN_DIR
+    assert f"touch {pristine.SPLIT_BRAIN_DIR}/$DRBD_RESOURCE" in render.drbd_global_common()

@@ -26,7 +26,7 @@ OLD_COMMANDS = (
     "first_time_setup help create destroy start stop list cdrom image serial backup resize swap "
     "swaplive split_brain_victim autostart suppress monitor graphite_stats print_ssh_forwards chkconfig"
 ).split()
-NOT_YET = ("swap", "swaplive", "split_brain_victim", "graphite_stats", "chkconfig")
+NOT_YET = ("swap", "swaplive", "graphite_stats", "chkconfig")
 
 
 class Replaced(Exception):
@@ -91,6 +91,10 @@ def call_of(argv):
     (["suppress", "vm1"], "pairvm.suppress", ["name=vm1", "on=True"]),
     (["suppress", "vm1", "on"], "pairvm.suppress", ["name=vm1", "on=True"]),
     (["suppress", "vm1", "off"], "pairvm.suppress", ["name=vm1", "on=False"]),
+    (["split_brain_victim", "vm1"], "pairvm.split_brain_victim", ["name=vm1"]),
+    (["split_brain_victim", "vm1", "2G"], "pairvm.split_brain_victim", ["name=vm1", "snapshot_size=2G"]),
+    (["split_brain_victim", "vm1", "--no-snapshot"], "pairvm.split_brain_victim",
+     ["name=vm1", "snapshot=False"]),
     (["autostart"], "pairvm.autostart", []),
     (["monitor", "vm1", "info status"], "pairvm.monitor", ["name=vm1", "command=info status"]),
     (["print_ssh_forwards"], "pairvm.print_ssh_forwards", []),
@@ -711,3 +715,15 @@ def test_backup_all_prints_one_line_per_vm():
     assert text.splitlines() == [
         "vm1           ok       bk@h:/b/vm1.gz", "vm2           FAILED   ssh failed",
         "vm3           skipped  skipped: it runs here", "backed up: vm1; FAILED: vm2"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["split_brain_victim", "vm1", "2G", "--no-snapshot"],
+    ["split_brain_victim"],
+    ["split_brain_victim", "vm1", "2G", "extra"],
+    ["split_brain_victim", "vm1", "--discard"],
+])
+def test_split_brain_victim_wrong_usage_runs_nothing(salt, capsys, argv):
+    assert cli.main(argv) == 2
+    assert salt.calls == []
+    assert "usage: pairvm split_brain_victim NAME" in capsys.readouterr().err

@@ -320,6 +320,7 @@ class Host:
             "drbd.primary": self._drbd_primary,
             "drbd.secondary": self._drbd_secondary,
             "drbd.resize": self._drbd_resize,
+            "drbd.connect": self._drbd_connect,
             "drbd.check_config": lambda path, node=None: "",
             "cmd.run_all": self._run_all,
         }
@@ -488,6 +489,15 @@ class Host:
         self.drbd_backing[name] = next(mib for lv, mib in self.lvs.items() if lv.split("/")[1] == name)
         return True
 
+    def _drbd_connect(self, name, discard_my_data=False):
+        self._need_up("connect", name)
+        if discard_my_data and self.drbd[name]["role"] == "Primary":
+            raise CommandExecutionError(
+                f"'drbdadm connect --discard-my-data {name}' failed with exit code 10: "
+                f"Failure: (123) --discard-my-data not allowed when primary.")
+        self.drbd[name].update(connection="Connecting", standalone=False, split_brain=False)
+        return True
+
     def _send_frame(self, interface, frame):
         self.log.append(("garp", (interface, frame), {}))
         self.frames.append((interface, frame))
@@ -590,7 +600,8 @@ def test_create_with_test_lists_the_exact_commands_and_changes_nothing(host):
 def test_create_on_the_home_host_builds_storage_config_and_makes_it_the_sync_source(host):
     ret = pairvm.create("vm1")
     record = host.record("vm1")
-    host.salt["lvm.lvcreate"].assert_called_once_with("vm1", "here", size="1024M")
+    # force=True (--yes): a new LV may start with a removed one's signatures; wipe them
+    host.salt["lvm.lvcreate"].assert_called_once_with("vm1", "here", size="1024M", force=True)
     assert host.lvs == {"here/vm1": 1024}
     res = host.drbd_dir / "vm1.res"
     assert stat.S_IMODE(res.stat().st_mode) == 0o600
@@ -614,7 +625,7 @@ def test_create_on_the_home_host_builds_storage_config_and_makes_it_the_sync_sou
 
 def test_create_on_the_peer_uses_the_replica_vg_and_never_promotes(peer):
     pairvm.create("vm1")
-    peer.salt["lvm.lvcreate"].assert_called_once_with("vm1", "there", size="1024M")
+    peer.salt["lvm.lvcreate"].assert_called_once_with("vm1", "there", size="1024M", force=True)
     assert [n for n, _, _ in drbd_calls(peer)] == ["drbd.create_md", "drbd.up"]
     peer.salt["drbd.primary"].assert_not_called()
     assert schema.load_record((peer.machines / "vm1").read_text()) == peer.record("vm1")
@@ -1288,3 +1299,85 @@ def test_list_queries_the_runtime_once_whatever_the_number_of_vms(host, count):
     assert host.opened.call_count == 1 and host.conn.list_queries == 1
     host.salt["drbd.status"].assert_called_once_with()
     assert not [n for n, _, _ in host.log if n.startswith("lvm.") or n == "cmd.run_all"]
+
+
+# --- split_brain_victim -----------------------------------------------------------------
+
+SPLIT = {"connection": "StandAlone", "peer_role": "Unknown", "peer_disk": "DUnknown"}
+
+
+def test_split_brain_victim_keeps_a_full_snapshot_then_discards(peer):
+    peer.install("vm1", drbd=drbd_state(**SPLIT))
+    ret = pairvm.split_brain_victim("vm1")
+    assert peer.actions() == ["lvm.lvcreate", "drbd.connect"]
+    (args, kwargs), = peer.calls("lvm.lvcreate")
+    assert args[0].startswith("vm1-sb-") and args[1] == "there"
+    assert kwargs == {"size": "1024M", "snapshot": "vm1"}
+    assert peer.calls("drbd.connect") == [(("vm1",), {"discard_my_data": True})]
+    assert f"there/{args[0]}" in ret["comment"] and "hostA" in ret["comment"]
+    assert ret["changes"][0] == f"lvcreate -s -n {args[0]} -L 1024M there/vm1"
+
+
+def test_split_brain_victim_demotes_a_primary_first_and_takes_a_given_size(peer):
+    peer.install("vm1", drbd=drbd_state(role="Primary", **SPLIT))
+    pairvm.split_brain_victim("vm1", snapshot_size="256M")
+    assert peer.actions() == ["lvm.lvcreate", "drbd.secondary", "drbd.connect"]
+    assert peer.calls("lvm.lvcreate")[0][1]["size"] == "256M"
+
+
+def test_split_brain_victim_without_snapshot_only_when_told(peer):
+    peer.install("vm1", drbd=drbd_state(**SPLIT))
+    ret = pairvm.split_brain_victim("vm1", snapshot=False)
+    assert peer.actions() == ["drbd.connect"]
+    assert "kept" not in ret["comment"]
+
+
+def test_split_brain_victim_test_true_lists_the_commands_and_changes_nothing(peer):
+    peer.install("vm1", drbd=drbd_state(role="Primary", **SPLIT))
+    before = peer.snapshot()
+    ret = pairvm.split_brain_victim("vm1", test=True)
+    assert peer.actions() == [] and peer.snapshot() == before
+    assert [c.split()[0:2] for c in ret["changes"]] == [["lvcreate", "-s"], ["drbdadm", "secondary"],
+                                                        ["drbdadm", "connect"]]
+    assert ret["comment"].startswith("would: ")
+
+
+@pytest.mark.parametrize("state, domain, message", [
+    (None, None, "DRBD resource vm1 is not up on hostB"),
+    (drbd_state(), None, "is Connected with its disc UpToDate, not in split brain: nothing is discarded"),
+    (dict(drbd_state(**SPLIT), split_brain=False), None,
+     r"StandAlone.*not in split brain.*drbdadm connect vm1"),
+    (drbd_state(**SPLIT), "running", "VM vm1 is running on hostB"),
+])
+def test_split_brain_victim_refuses_unless_a_split_brain_with_the_vm_stopped(peer, state, domain, message):
+    peer.install("vm1", drbd=state, domain=domain)
+    with pytest.raises(CommandExecutionError, match=message):
+        pairvm.split_brain_victim("vm1")
+    assert peer.actions() == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"snapshot": "no"}, "snapshot must be True or False"),
+    ({"snapshot": False, "snapshot_size": "1G"}, "snapshot_size was given with snapshot=False"),
+    ({"snapshot_size": "lots"}, "lots"),
+])
+def test_split_brain_victim_bad_input_changes_nothing(peer, kwargs, message):
+    peer.install("vm1", drbd=drbd_state(**SPLIT))
+    with pytest.raises(CommandExecutionError, match=message):
+        pairvm.split_brain_victim("vm1", **kwargs)
+    assert peer.actions() == []
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_split_brain_victim_bad_name(peer, bad):
+    with pytest.raises(CommandExecutionError):
+        pairvm.split_brain_victim(bad)
+    assert peer.actions() == []
+
+
+def test_split_brain_victim_whose_snapshot_fails_discards_nothing(peer):
+    peer.install("vm1", drbd=drbd_state(**SPLIT))
+    peer.fail("lvm.lvcreate", CommandExecutionError("Volume group there has insufficient free space"))
+    with pytest.raises(CommandExecutionError, match="insufficient free space"):
+        pairvm.split_brain_victim("vm1")
+    assert peer.actions() == ["lvm.lvcreate"]

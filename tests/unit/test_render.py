@@ -288,6 +288,10 @@ def test_global_common_has_usage_count_no_and_safe_common_net():
     assert block(text, "net") == ["protocol C;", "after-sb-0pri discard-zero-changes;",
                                   "after-sb-1pri disconnect;", "after-sb-2pri disconnect;"]
     assert "resource" not in text and "disk {" not in text
+    # the kernel runs `drbdadm split-brain minor-N`: the handler marks the resource
+    assert block(text, "handlers") == [
+        'split-brain "mkdir -p /var/lib/pairvm/split-brain && '
+        'touch /var/lib/pairvm/split-brain/$DRBD_RESOURCE";']
 
 
 def test_global_common_writes_timing_but_not_per_resource_options():

@@ -382,6 +382,63 @@ def test_resize_refused_on_the_peer_stops_there(allocated):
     assert [c for c in allocated.functions() if c[1] == "pairvm.resize"] == [("hostB", "pairvm.resize")]
 
 
+# --- split brain ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def split(allocated):
+    """hostB will be the victim; hostA is StandAlone with the split brain too."""
+    allocated.handlers["pairvm.split_brain_victim"] = lambda minion, name, **kw: {
+        "name": name, "changes": [f"lvcreate -s on {minion}", "drbdadm connect --discard-my-data"],
+        "comment": "", "kwargs": kw}
+    allocated.handlers["drbd.status"] = lambda minion, name: {"connection": "StandAlone",
+                                                              "split_brain": True}
+    allocated.handlers["drbd.connect"] = lambda minion, name: True
+    return allocated
+
+
+def test_split_brain_victim_discards_on_the_victim_then_connects_the_survivor(split):
+    ret = runner.split_brain_victim("vm1", "hostB", snapshot_size="2G")
+    assert split.functions() == [("hostB", "pairvm.split_brain_victim"), ("hostA", "drbd.status"),
+                                 ("hostA", "drbd.connect")]
+    assert ret["hostB"]["kwargs"] == {"snapshot": True, "test": False, "snapshot_size": "2G"}
+    assert ret["hostA"]["changes"] == ["drbdadm connect vm1"]
+
+
+def test_split_brain_victim_test_true_changes_nothing_on_the_survivor(split):
+    ret = runner.split_brain_victim("vm1", "hostB", test=True)
+    assert ("hostA", "drbd.connect") not in split.functions()
+    assert ret["hostB"]["kwargs"]["test"] is True and "would connect" in ret["hostA"]["comment"]
+
+
+def test_split_brain_victim_leaves_a_connecting_survivor_alone(split):
+    split.handlers["drbd.status"] = lambda minion, name: {"connection": "Connecting"}
+    ret = runner.split_brain_victim("vm1", "hostB", snapshot=False)
+    assert ("hostA", "drbd.connect") not in split.functions()
+    assert ret["hostB"]["kwargs"] == {"snapshot": False, "test": False}
+    assert ret["hostA"]["changes"] == []
+
+
+@pytest.mark.parametrize("name, victim, message", [
+    ("vm1", "hostC", "victim 'hostC' is not a host of the pair"),
+    ("bad;name", "hostB", "bad;name"),
+])
+def test_split_brain_victim_refuses_bad_input_before_any_call(split, name, victim, message):
+    ret = runner.split_brain_victim(name, victim)
+    assert ret["retcode"] == 1 and message in ret["error"]
+    assert split.functions() == []
+
+
+def test_split_brain_victim_refused_on_the_victim_never_touches_the_survivor(split):
+    def refuse(minion, name, **kw):
+        raise MinionFailed(f"DRBD resource {name} on {minion} is Connected, not in split brain")
+
+    split.handlers["pairvm.split_brain_victim"] = refuse
+    ret = runner.split_brain_victim("vm1", "hostB")
+    assert ret["retcode"] == 1 and "not in split brain" in ret["error"]
+    assert split.functions() == [("hostB", "pairvm.split_brain_victim")]
+
+
 # --- list ----------------------------------------------------------------------------------------------
 
 

@@ -456,7 +456,10 @@ def events(name, st):
               {"connection": "Connected" if conn_rank(conn) >= conn_rank("Connected")
                else conn_str9(conn), "role": peer_role})]
     if hs["minor"] is not None:
-        repl = "Established" if conn == "Connected" else conn
+        # drbdsetup-84 on the 8.4 kernel: "Off" while not connected
+        # (StandAlone, WFConnection), then Established or the resync state
+        repl = ("Established" if conn == "Connected"
+                else "Off" if conn_rank(conn) < conn_rank("Connected") else conn)
         objs.append((f"device name:{name} volume:{hs['volume']} minor:{hs['minor']}",
                      {"disk": disk}))
         objs.append((f"peer-device name:{name} peer-node-id:0{cname} volume:{hs['volume']}",

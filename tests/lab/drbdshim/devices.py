@@ -157,17 +157,24 @@ def my_mntns():
     return str(os.stat("/proc/self/ns/mnt").st_ino)
 
 
-def dev_dir_of(mntns):
-    """/dev as seen in the mount namespace ``mntns``."""
+def pid_in_mntns(mntns):
+    """A process living in the mount namespace ``mntns`` (this one if it does)."""
     if mntns == my_mntns():
-        return "/dev"
+        return os.getpid()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         with contextlib.suppress(OSError):
             if str(os.stat(f"/proc/{pid}/ns/mnt").st_ino) == mntns:
-                return f"/proc/{pid}/root/dev"
+                return int(pid)
     raise RuntimeError(f"no process left in mount namespace {mntns}")
+
+
+def dev_dir_of(mntns):
+    """/dev as seen in the mount namespace ``mntns``."""
+    if mntns == my_mntns():
+        return "/dev"
+    return f"/proc/{pid_in_mntns(mntns)}/root/dev"
 
 
 def make_node(mntns, minor, loop):

@@ -8,6 +8,7 @@ configuration and the lab's link flag.
 """
 
 import os
+import subprocess
 import time
 
 from . import devices
@@ -15,6 +16,8 @@ from .state import conn_rank, disk_rank, link_is_cut
 
 SYNC_SECONDS = float(os.environ.get("PVLAB_DRBD_SYNC_SECONDS", "1.0"))
 C_MASK = "C_MASK"
+# The kernel's usermode helper is /sbin/drbdadm; in the lab, the drbdadm shim.
+DRBDADM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shims", "drbdadm")
 
 
 def log(st, msg):
@@ -250,6 +253,8 @@ def handshake(st, a, b):
             log(st, "Split-Brain detected, manually solved")
     if hg == -100:
         log(st, "Split-Brain detected but unresolved, dropping connection!")
+        for host in (a, b):
+            run_helper(st, host, "split-brain")
         return C_MASK
     for me, g in ((A, hg), (B, -hg)):
         if g > 0 and disk_rank(me["disk"]) <= inc:
@@ -259,6 +264,25 @@ def handshake(st, a, b):
             log(st, "I shall become SyncTarget, but I am primary!")
             return C_MASK
     return hg
+
+
+def run_helper(st, host, helper):
+    """drbd_khelper(): ``drbdadm <helper> minor-N`` run in that host (its
+    mount and UTS namespaces), with the kernel's environment; drbdadm runs
+    the resource's handler. Its exit code is only logged, as the kernel does."""
+    hs = st["hosts"][host]
+    env = {"HOME": "/", "TERM": "linux", "PATH": "/sbin:/usr/sbin:/bin:/usr/bin",
+           "DRBD_MINOR": str(hs["minor"]),
+           "PVLAB_DATA": os.environ.get("PVLAB_DATA", "/var/tmp/pvlab")}
+    try:
+        pid = devices.pid_in_mntns(hs["mntns"])
+        proc = subprocess.run(["nsenter", "-t", str(pid), "-m", "-u", "--", DRBDADM, helper,
+                               f"minor-{hs['minor']}"], env=env, capture_output=True, text=True,
+                              timeout=30, check=False)
+        rc = proc.returncode
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        rc = f"not run ({exc})"
+    log(st, f"{host}: helper command: drbdadm {helper} minor-{hs['minor']} exit code {rc}")
 
 
 def start_sync(st, src, dst, now):

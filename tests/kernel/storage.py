@@ -1,0 +1,54 @@
+"""Helpers of the kernel tier: DRBD state as the product parses it, data patterns."""
+
+import importlib.util
+import time
+
+from tests.lab.hosts import REPO
+
+_spec = importlib.util.spec_from_file_location("pairvm_drbd_for_kernel", REPO / "_modules" / "drbd.py")
+product_drbd = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(product_drbd)
+
+MIB = 1 << 20
+
+
+def events(host, name):
+    """The resource as the product's parser reads ``drbdsetup events2 --now`` in the guest
+    (fast: no salt-call; what the product itself reads is asserted with drbd.status)."""
+    out = host.guest(["drbdsetup", "events2", "--now", "all"])[1]
+    return product_drbd._parse_events(out).get(name, {})
+
+
+def wait_drbd(hosts, name, timeout=90, **want):
+    """Wait until every host's resource has the wanted fields, e.g. connection="Connected"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = {h.name: events(h, name) for h in hosts}
+        if all(all(g.get(k) == v for k, v in want.items()) for g in got.values()):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: waited {timeout}s for {want}, have {got}")
+        time.sleep(0.3)
+
+
+def synced(hosts, name):
+    return wait_drbd(hosts, name, connection="Connected", disk="UpToDate", peer_disk="UpToDate")
+
+
+def write_pattern(host, device, mib=8, offset_mib=0):
+    """Random data onto ``device`` (in the guest); returns its sha256."""
+    script = (f"dd if=/dev/urandom of=/tmp/pattern bs=1M count={mib} 2>/dev/null && "
+              f"dd if=/tmp/pattern of={device} bs=1M seek={offset_mib} oflag=direct conv=notrunc "
+              f"2>/dev/null && sha256sum /tmp/pattern && rm /tmp/pattern")
+    return host.guest_sh(script).split()[0]
+
+
+def checksum(host, device, mib=8, offset_mib=0):
+    script = f"dd if={device} bs=1M skip={offset_mib} count={mib} iflag=direct 2>/dev/null | sha256sum"
+    return host.guest_sh(script).split()[0]
+
+
+def lv_names(host):
+    """``vg/lv`` of every LV in the guest (real lvs)."""
+    out = host.guest(["lvs", "--noheadings", "-o", "vg_name,lv_name"])[1]
+    return sorted("/".join(line.split()) for line in out.splitlines() if line.strip())
