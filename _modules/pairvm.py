@@ -1781,18 +1781,17 @@ def restore(name, source, confirm=False, test=False):
     with _lock(name), _sigterm_interrupts():
         _check_may_restore(record)
         plan = _Plan(name, test)
-        if test:
-            plan.step(f"ssh {src['user']}@{src['host']}: sha256 of {src['path']} against its .sha256", None)
-        else:
-            src, stored, size = _stored_backup(source, name, settings, check=True)
+        checked = plan.step(f"ssh {src['user']}@{src['host']}: sha256 of {src['path']} against its .sha256",
+                            _stored_backup, source, name, settings, True)
+        stored, size = checked[1:] if checked else (None, 0)
         device = f"/dev/drbd{record['drbd_minor']}"
         plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
         try:
             got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | decompress > {device}",
-                            _restore_stream, name, src, settings, size if not test else 0, device)
+                            _restore_stream, name, src, settings, size, device)
         finally:
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
-        if not test and got != stored:
+        if got != stored:
             raise CommandExecutionError(
                 f"the stream from {_dest_text(src)} had sha256 {got}, not {stored}: VM {name}'s disc "
                 f"holds damaged data now; restore again"

@@ -178,6 +178,9 @@ def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
         assert away.returncode != 0 and "home host hostB" in str(away.data), away
         unconfirmed = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), minion_tgt="hostB")
         assert unconfirmed.returncode != 0 and "confirm=True" in str(unconfirmed.data)
+        planned = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "test=True", minion_tgt="hostB")
+        assert planned.returncode == 0 and [c.split()[0] for c in planned.data["changes"]] == \
+            ["ssh", "drbdadm", "ssh", "drbdadm"], planned
         restored = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "confirm=True", minion_tgt="hostB")
         assert restored.returncode == 0, restored
         size = PATTERN.stat().st_size
