@@ -5,7 +5,6 @@ devices, the shims first on PATH), without a master: the formula's modules
 are synced from a local file root as a masterless minion would.
 """
 
-import json
 
 import pytest
 
@@ -13,24 +12,6 @@ import salt.utils.yaml
 from tests.lab import lab as labmod
 from tests.lab import saltlab
 from tests.lab.hosts import REPO
-
-
-class SaltCall:
-    """``salt-call --local`` inside a lab host, returning parsed JSON."""
-
-    def __init__(self, host):
-        self.host = host
-
-    def __call__(self, function, *args, check=True, timeout=120):
-        argv = ["salt-call", "--local", "--out=json", "--retcode-passthrough",
-                "--log-level=quiet", function, *args]
-        proc = self.host.run(argv, check=False, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"salt-call {function} {args}: rc {proc.returncode}\n"
-                                 f"{proc.stdout}{proc.stderr}")
-        # A function that raised prints its error on stderr only.
-        data = json.loads(proc.stdout)["local"] if proc.stdout.strip() else proc.stderr
-        return (proc.returncode, data) if not check else data
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +28,7 @@ def lab_host():
     }
     (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
     try:
-        SaltCall(host)("saltutil.sync_all")
+        saltlab.SaltCall(host)("saltutil.sync_all")
         yield host
     finally:
         lab.down()
@@ -55,4 +36,4 @@ def lab_host():
 
 @pytest.fixture(scope="session")
 def salt_call(lab_host):
-    return SaltCall(lab_host)
+    return saltlab.SaltCall(lab_host)

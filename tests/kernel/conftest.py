@@ -6,7 +6,6 @@ guests booted under TCG, and two host namespaces in which ``salt-call
 root as a masterless minion would, with the pillar below.
 """
 
-import json
 import time
 
 import pytest
@@ -37,24 +36,6 @@ def pillar():
     return data
 
 
-class SaltCall:
-    """``salt-call --local`` inside a kernel-lab host, returning parsed JSON."""
-
-    def __init__(self, host):
-        self.host = host
-
-    def __call__(self, function, *args, check=True, timeout=300):
-        argv = ["salt-call", "--local", "--out=json", "--retcode-passthrough",
-                "--log-level=quiet", function, *args]
-        proc = self.host.run(argv, check=False, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"[{self.host.name}] salt-call {function} {args}: rc {proc.returncode}\n"
-                                 f"{proc.stdout}{proc.stderr}")
-        # A function that raised prints its error on stderr only.
-        data = json.loads(proc.stdout)["local"] if proc.stdout.strip() else proc.stderr
-        return (proc.returncode, data) if not check else data
-
-
 def write_pillar_and_tree(data_dir):
     pillar_dir = data_dir / "pillar"
     pillar_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +63,7 @@ def write_minion_config(host, tree, pillar_dir):
         "enable_fqdns_grains": False,
     }
     (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
-    host.salt = SaltCall(host)
+    host.salt = saltlab.SaltCall(host, timeout=300)
     host.salt("saltutil.sync_all")
 
 

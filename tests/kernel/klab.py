@@ -21,7 +21,6 @@ the namespace lab's clean-up deletes); ``/run/lock/pvkernel.lock`` keeps one
 kernel lab per machine (its names and the link port are fixed).
 """
 
-import fcntl
 import os
 import shutil
 import signal
@@ -36,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import channel  # noqa: E402
 
+from tests.lab import locks  # noqa: E402
+
 DATA = Path(channel.DATA)
 GUEST = REPO / ".cache" / "kernel"
 FORWARDERS = REPO / "tests" / "kernel" / "bin"
@@ -45,22 +46,9 @@ PV_MIB = 384
 MARKER = "PVKERNEL-GUEST-READY"
 PRIVATE_PATHS = ("/machines", "/etc/drbd.d", "/etc/salt", "/run", "/var/lib/pairvm")
 
-_lock_fd = None
-
-
 def hold_lock():
     """One kernel lab per machine; a second run waits."""
-    global _lock_fd
-    if _lock_fd is not None:
-        return
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"kernel lab: another run holds {LOCK_PATH}; waiting", file=sys.stderr, flush=True)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    _lock_fd = fd
+    locks.hold(LOCK_PATH, "kernel lab")
 
 
 def environ(host):

@@ -8,18 +8,16 @@
 ``python -m tests.lab up|down|clean|status|shell HOST`` does the same by hand.
 """
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.lab import hosts as hostlib
+from tests.lab import locks, namespaces
 from tests.lab import lvm as lablvm
-from tests.lab import namespaces
 from tests.lab.hosts import DATA, LabHost
 
 CONTROL_IP = "10.77.0.1"
@@ -34,22 +32,9 @@ SALT_TEST_ROOT = Path("/tmp/pvsalt")
 LAB_PROCESS = re.compile(r"qemu-system|libvirtd|virtlogd|salt-minion|salt-master")
 # The lab's paths and namespace names are fixed: one lab run at a time.
 LOCK_PATH = Path("/run/lock/pvlab.lock")
-_lock_fd = None
-
-
 def hold_lock():
     """Take the machine-wide lab lock (waiting for another run), kept until exit."""
-    global _lock_fd
-    if _lock_fd is not None:
-        return
-    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"lab: another run holds {LOCK_PATH}; waiting for it", file=sys.stderr, flush=True)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    _lock_fd = fd
+    locks.hold(LOCK_PATH, "lab")
 
 
 def create_control_namespace():

@@ -4,6 +4,7 @@ The same configuration serves the test tiers (through pytest-salt-factories)
 and the demo (plain daemons, ``scripts/lab-salt`` to talk to them).
 """
 
+import json
 from pathlib import Path
 
 from saltfactories.daemons.minion import SaltMinion
@@ -100,3 +101,22 @@ def sync(master):
     assert run.returncode == 0, run
     res = master.salt_cli(timeout=120).run("saltutil.sync_all", minion_tgt="*")
     assert res.returncode == 0, res
+
+
+class SaltCall:
+    """``salt-call --local`` inside a lab host (namespace or kernel lab), returning parsed JSON:
+    ``call(function, *args)`` -> data, or with ``check=False`` -> (rc, data)."""
+
+    def __init__(self, host, timeout=120):
+        self.host, self.timeout = host, timeout
+
+    def __call__(self, function, *args, check=True, timeout=None):
+        argv = ["salt-call", "--local", "--out=json", "--retcode-passthrough",
+                "--log-level=quiet", function, *args]
+        proc = self.host.run(argv, check=False, timeout=timeout or self.timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"[{self.host.name}] salt-call {function} {args}: rc {proc.returncode}\n"
+                                 f"{proc.stdout}{proc.stderr}")
+        # A function that raised prints its error on stderr only.
+        data = json.loads(proc.stdout)["local"] if proc.stdout.strip() else proc.stderr
+        return (proc.returncode, data) if not check else data

@@ -1,0 +1,25 @@
+"""Machine-wide locks of the test labs: their paths and names are fixed, so
+one run of each lab at a time; a second run waits."""
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+_held = {}
+
+
+def hold(path, label):
+    """Take the lock file ``path`` (waiting, and saying so, while another run
+    holds it); it is kept until this process exits."""
+    path = Path(path)
+    if path in _held:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"{label}: another run holds {path}; waiting for it", file=sys.stderr, flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    _held[path] = fd
