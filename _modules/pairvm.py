@@ -295,6 +295,21 @@ def _progress(operation, name, figures):
         sys.stderr.flush()
 
 
+def _reporter(operation, name, total, **extra):
+    """A function ``report(done, final=False)`` that reports ``operation``'s progress
+    (``_progress``, with ``extra`` such as ``phase`` in the event) at most once a
+    second, and always the final count; it returns the figures it reported, or None."""
+    meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
+
+    def report(done, final=False):
+        figures = meter.update(done, time.monotonic(), final=final)
+        if figures is not None:
+            _progress(operation, name, dict(figures, **extra))
+        return figures
+
+    return report
+
+
 def _write(path, text, mode=0o644):
     """Write a file atomically (temporary name, then rename)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -1455,15 +1470,13 @@ def _send(name, device, size, dest, settings, before_commit):
     """Read ``size`` bytes of ``device`` (pv, rate-limited), compress, send over
     ssh to ``dest``'s temporary name, compare checksums, call ``before_commit``
     (it raises to refuse), then rename there."""
-    pipe, committed, started = _Pipeline(), False, time.monotonic()
-    meter = __utils__["pairvm_progress.meter"](size, started)
+    pipe, committed = _Pipeline(), False
+    report = _reporter("backup", name, size)
 
     def pv_line(text):
         if not text.isdigit():
             return False
-        figures = meter.update(int(text), time.monotonic())
-        if figures:
-            _progress("backup", name, figures)
+        report(int(text))
         return True
 
     try:
@@ -1509,8 +1522,7 @@ def _send(name, device, size, dest, settings, before_commit):
         if not committed:
             with contextlib.suppress(CommandExecutionError):
                 _remote(dest, settings, "abort", dest["path"], timeout=30)
-    figures = meter.update(size, time.monotonic(), final=True)
-    _progress("backup", name, figures)
+    figures = report(size, final=True)
     return {"bytes": size, "sent": sent, "sha256": digest.hexdigest(),
             "seconds": figures["elapsed"], "rate": figures["rate"]}
 
@@ -1665,7 +1677,7 @@ def _receive(operation, name, src, settings, total, sink):
     """Stream ``src`` from the backup host through its decompressor into ``sink``
     (a file descriptor, or DEVNULL to test it); return the sha256 of what came."""
     pipe, digest, got = _Pipeline(), hashlib.sha256(), 0
-    meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
+    report = _reporter(operation, name, total)
     try:
         fetch = pipe.start("reading from the backup host", _bk("ssh_argv")(src, settings, "read"),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -1685,9 +1697,7 @@ def _receive(operation, name, src, settings, total, sink):
                 digest.update(chunk)
                 unpack.stdin.write(chunk)
                 got += len(chunk)
-                figures = meter.update(got, time.monotonic())
-                if figures:
-                    _progress(operation, name, figures)
+                report(got)
                 chunk = fetch.stdout.read1(1 << 20)
             unpack.stdin.close()
         except BrokenPipeError:
@@ -1700,7 +1710,7 @@ def _receive(operation, name, src, settings, total, sink):
             raise CommandExecutionError(f"{operation} of {_dest_text(src)} failed: {failed[1]}")
     finally:
         pipe.close()
-    _progress(operation, name, meter.update(got, time.monotonic(), final=True))
+    report(got, final=True)
     return digest.hexdigest(), kind
 
 
@@ -2015,22 +2025,9 @@ def _demote_after_failure(name):
         log.error("pairvm: image of %s failed and DRBD could not be demoted: %s", name, exc)
 
 
-def _reporter(name, total, phase):
-    """A function (done, final=False) that reports the image's progress at most once a
-    second; the event says which ``phase`` (download, verify, write) it is."""
-    meter = __utils__["pairvm_progress.meter"](total, time.monotonic())
-
-    def report(done, final=False):
-        figures = meter.update(done, time.monotonic(), final=final)
-        if figures is not None:
-            _progress("image", name, dict(figures, phase=phase))
-
-    return report
-
-
 def _sha256_of(name, path):
     digest = hashlib.sha256()
-    report = _reporter(name, os.path.getsize(path), "verify")
+    report = _reporter("image", name, os.path.getsize(path), phase="verify")
     done = 0
     with salt.utils.files.fopen(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(COPY_CHUNK), b""):
@@ -2084,7 +2081,7 @@ def _download(name, url, part):
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length and length.isdigit() else None
-        report = _reporter(name, total, "download")
+        report = _reporter("image", name, total, phase="download")
         done = have
         try:
             with salt.utils.files.fopen(part, "ab" if have else "wb") as out:
@@ -2130,7 +2127,7 @@ def _check_fits(name, path, fmt, device):
 
 
 def _copy_raw(name, path, device):
-    report = _reporter(name, os.path.getsize(path), "write")
+    report = _reporter("image", name, os.path.getsize(path), phase="write")
     done = 0
     with salt.utils.files.fopen(path, "rb") as src, salt.utils.files.fopen(device, "r+b") as dst:
         for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
@@ -2145,7 +2142,7 @@ def _copy_raw(name, path, device):
 def _convert_qcow2(name, path, device):
     """qemu-img convert onto the device, its -p percentages turned into progress reports."""
     total = _qcow2_info(path).get("virtual-size")
-    report = _reporter(name, total, "write")
+    report = _reporter("image", name, total, phase="write")
     argv = ["qemu-img", "convert", "-p", "-n", "-f", "qcow2", "-O", "raw", path, device]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         text = b""
