@@ -1817,14 +1817,8 @@ def _check_may_restore(record):
         )
     if name in _libvirt_running():
         raise CommandExecutionError(f"VM {name} is running on {_me()}: stop it first")
-    drbd = _drbd_status(name)
-    if drbd.get("peer_role") == "Primary" or drbd.get("role") == "Primary":
-        raise CommandExecutionError(f"VM {name}'s disc is Primary on a host (is it running?): stop it first")
-    if not drbd.get("connected") or not drbd.get("up_to_date"):
-        raise CommandExecutionError(
-            f"DRBD resource {name} is {drbd.get('connection')} {drbd.get('disk')}/{drbd.get('peer_disk')}: "
-            f"restore needs Connected UpToDate/UpToDate so the peer receives every byte"
-        )
+    if _check_peer_receives(record, "the restored disc").get("role") == "Primary":
+        raise CommandExecutionError(f"VM {name}'s disc is Primary on {_me()} (is it running?): stop it first")
 
 
 def _restore_stream(name, src, settings, size, device):
@@ -1924,7 +1918,7 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
                 raise CommandExecutionError(
                     f"VM {name} is running on {_me()}: stop it before writing an image"
                 )
-        drbd = _check_may_image(record)
+        drbd = _check_peer_receives(record, "the image")
         plan = _Plan(name, test)
         source = _image_steps(plan, record, dist, entry, drbd)
         seed = os.path.join(SEED_DIR, f"{name}.iso")
@@ -1953,8 +1947,9 @@ def _firstboot_script(path):
         raise CommandExecutionError(f"firstboot: {path} is not a UTF-8 text script") from exc
 
 
-def _check_may_image(record):
-    """DRBD must be Connected, both discs UpToDate, the peer Secondary."""
+def _check_peer_receives(record, what):
+    """Before writing ``what`` onto the disc through DRBD: Connected, both discs
+    UpToDate, the peer Secondary, so that the peer receives every byte."""
     name = record["name"]
     drbd = _drbd_status(name)
     if not drbd:
@@ -1964,7 +1959,7 @@ def _check_may_image(record):
     if drbd.get("connection") != "Connected":
         raise CommandExecutionError(
             f"DRBD resource {name} is {drbd.get('connection')}, not Connected: the peer would not receive "
-            f"the image. Reconnect the pair first"
+            f"{what}. Reconnect the pair first"
         )
     if drbd.get("disk") != "UpToDate" or drbd.get("peer_disk") != "UpToDate":
         raise CommandExecutionError(
