@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from tests.lab import lvm as lablvm
+from tests.lab import namespaces
 from tests.unit.conftest import REPO, load
 from tests.unit.test_host_render import LAB, LAB_TEXT, SEED, SEED_TEXT
 
@@ -166,13 +167,7 @@ class Host:
         return {ret["__id__"]: ret for ret in data.values()}
 
     def teardown(self):
-        if self.holder.poll() is None:
-            self.holder.stdin.close()
-            try:
-                self.holder.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.holder.kill()
-                self.holder.wait()
+        namespaces.end_holder(self.holder)
         lablvm.detach_lab_loops(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab import lvm as lablvm
+from tests.lab import namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = REPO / "tests" / "lab" / "shims"
@@ -111,13 +112,7 @@ class Host:
     def teardown(self):
         """Detach every loop under the data dir, end the namespace, remove the data."""
         detached = lablvm.detach_lab_loops(self.data)
-        if self.holder.poll() is None:
-            self.holder.stdin.close()
-            try:
-                self.holder.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.holder.kill()
-                self.holder.wait()
+        namespaces.end_holder(self.holder)
         shutil.rmtree(self.data, ignore_errors=True)
         return detached
 

@@ -93,6 +93,19 @@ def delete_host_namespaces(host):
         sh(["ip", "netns", "delete", netns_name(host)], check=False)
 
 
+def end_holder(holder, timeout=10):
+    """End a process that holds namespaces open by waiting on its stdin: close
+    its stdin, wait for it, kill it if it does not go."""
+    if holder.poll() is not None:
+        return
+    holder.stdin.close()
+    try:
+        holder.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        holder.kill()
+        holder.wait()
+
+
 def netns_pids(name):
     if not netns_path(name).exists():
         return []
