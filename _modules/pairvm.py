@@ -1544,12 +1544,20 @@ def _snapshot_valid(snap_lv):
         )
 
 
+class _NotHere(CommandExecutionError):
+    """This host must not back the VM up (``why``): an error for one VM, a skip in ``all``."""
+
+    def __init__(self, name, why):
+        super().__init__(f"VM {name} is not backed up on {_me()}: {why}")
+        self.why = why
+
+
 def _backup_one(record, destination, settings, on_running_host, test):
     name, me = record["name"], _me()
     dest = _schema("parse_destination", destination, name)
     why = _bk("eligible")(record, me, name in _libvirt_running(), _drbd_status(name), on_running_host)
     if why:
-        raise CommandExecutionError(f"VM {name} is not backed up on {me}: {why}")
+        raise _NotHere(name, why)
     vg = _vg(record)
     origin, snap = f"{vg}/{name}", _bk("snapshot_name")(name)
     if origin not in _lvs():
@@ -1628,17 +1636,14 @@ def backup(name, destination, speed=None, compress=None, on_running_host=False, 
 
 
 def _backup_many(names, destination, settings, on_running_host, test):
-    running, report, changes = _libvirt_running(), {}, []
+    report, changes = {}, []
     for vm in names:
         try:
-            record = _machine(vm)
-            why = _bk("eligible")(record, _me(), vm in running, _drbd_status(vm), on_running_host)
-            if why:
-                report[vm] = {"result": None, "comment": f"skipped: {why}"}
-                continue
-            done = _backup_one(record, destination, settings, on_running_host, test)
+            done = _backup_one(_machine(vm), destination, settings, on_running_host, test)
             report[vm] = {"result": True, **{k: v for k, v in done.items() if k != "name"}}
             changes += done["changes"]
+        except _NotHere as exc:
+            report[vm] = {"result": None, "comment": f"skipped: {exc.why}"}
         except CommandExecutionError as exc:
             report[vm] = {"result": False, "comment": str(exc)}
     failed = sorted(vm for vm, r in report.items() if r["result"] is False)
