@@ -518,6 +518,14 @@ def destroy(name, confirm=False, force=False, test=False):
         return plan.result(f"VM {name} is absent from {_me()}")
 
 
+def _lvcreate_snapshot(snap, vg, origin, size):
+    """Snapshot ``vg/origin`` as ``vg/snap`` (split-brain victim, backup) through Salt's
+    lvm module; ``size`` is ``{"size": "2G"}`` or ``{"extents": "20%ORIGIN"}``."""
+    out = __salt__["lvm.lvcreate"](snap, vg, snapshot=origin, **size)
+    _check_lvm(out.get("Output from lvcreate") if isinstance(out, dict) else out, "created",
+               f"snapshot of {vg}/{origin}")
+
+
 def _lvremove(name, vg):
     _check_lvm(__salt__["lvm.lvremove"](name, vg), "successfully removed", f"lvremove {vg}/{name}")
 
@@ -945,7 +953,8 @@ def split_brain_victim(name, snapshot_size=None, snapshot=True, test=False):
                 raise CommandExecutionError(f"LV {vg}/{name} does not exist on {_me()}: nothing to keep")
             mib = disc_mib if snapshot_size is None else _schema("parse_size_mib", snapshot_size, 1)
             snap = f"{name}-sb-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
-            plan.step(f"lvcreate -s -n {snap} -L {mib}M {vg}/{name}", _snapshot, snap, vg, name, mib)
+            plan.step(f"lvcreate -s -n {snap} -L {mib}M {vg}/{name}",
+                      _lvcreate_snapshot, snap, vg, name, {"size": f"{mib}M"})
         if _drbd_status(name).get("role") == "Primary":
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
         plan.step(f"drbdadm connect --discard-my-data {name}", __salt__["drbd.connect"], name,
@@ -980,12 +989,6 @@ def _check_victim(record):
             f"{drbd.get('disk')}, not in split brain: nothing is discarded. If it is StandAlone after a "
             f"disconnect, connect it (drbdadm connect {name}); DRBD reports a split brain if there is one"
         )
-
-
-def _snapshot(snap, vg, origin, mib):
-    out = __salt__["lvm.lvcreate"](snap, vg, size=f"{mib}M", snapshot=origin)
-    _check_lvm(out.get("Output from lvcreate") if isinstance(out, dict) else out, "created",
-               f"snapshot of {vg}/{origin}")
 
 
 # --- autostart, suppress, ssh forwards ---------------------------------------------
@@ -1563,13 +1566,14 @@ def _backup_one(record, destination, settings, on_running_host, test):
     if origin not in _lvs():
         raise CommandExecutionError(f"VM {name}'s LV {origin} does not exist on {me}")
     size = _bk("drbd_data_bytes")(_lvs()[origin] * 2**20)
-    snapshot_size = _bk("snapshot_extent_option")(settings["snapshot_size"])
+    snapshot_size = _bk("snapshot_size_kwarg")(settings["snapshot_size"])
+    size_option = f"{'-l' if 'extents' in snapshot_size else '-L'} {next(iter(snapshot_size.values()))}"
     plan = _Plan(name, test)
     with _lock(name), _sigterm_interrupts():
         if f"{vg}/{snap}" in _lvs():
             plan.step(f"lvremove -f {vg}/{snap} (left by an interrupted backup)", _lvremove, snap, vg)
-        plan.step(f"lvcreate -s -n {snap} {' '.join(snapshot_size)} {origin}",
-                  _lvcreate_snapshot, snap, snapshot_size, origin)
+        plan.step(f"lvcreate -s -n {snap} {size_option} {origin}",
+                  _lvcreate_snapshot, snap, vg, name, snapshot_size)
         try:
             speed = f"-L {settings['speed']}k " if settings["speed"] else ""
             sent = plan.step(
@@ -1584,13 +1588,6 @@ def _backup_one(record, destination, settings, on_running_host, test):
     if sent:
         result.update(sent, destination=_dest_text(dest))
     return result
-
-
-def _lvcreate_snapshot(snap, size_option, origin):
-    res = __salt__["cmd.run_all"](["lvcreate", "-s", "-n", snap, *size_option, origin],
-                                  python_shell=False, ignore_retcode=True)
-    if res["retcode"]:
-        raise CommandExecutionError(f"lvcreate -s {origin} failed: {res['stderr'].strip()}")
 
 
 def backup(name, destination, speed=None, compress=None, on_running_host=False, test=False):

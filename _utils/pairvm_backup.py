@@ -112,11 +112,12 @@ def drbd_data_bytes(lv_bytes):
     return max((sectors & ~7) - md_sectors, 0) * 512
 
 
-def snapshot_extent_option(size):
-    """lvcreate's size option for a snapshot: '20%' -> ['-l', '20%ORIGIN'], '1G' -> ['-L', '1G']."""
+def snapshot_size_kwarg(size):
+    """The size of a snapshot as a keyword of Salt's lvm.lvcreate:
+    '20%' -> {'extents': '20%ORIGIN'} (lvcreate -l), '1G' -> {'size': '1G'} (-L)."""
     if str(size).endswith("%"):
-        return ["-l", f"{size}ORIGIN"]
-    return ["-L", str(size)]
+        return {"extents": f"{size}ORIGIN"}
+    return {"size": str(size)}
 
 
 def eligible(record, me, running_here, drbd, on_running_host=False):

@@ -111,8 +111,8 @@ def test_compression_is_detected_from_the_first_bytes():
     assert backup.detect_compression(b"\x1f\x8b\x08\x00") == "gzip"
     assert backup.detect_compression(b"\x28\xb5\x2f\xfd\x00") == "zstd"
     assert backup.detect_compression(b"PK\x03\x04") is None
-    assert backup.snapshot_extent_option("20%") == ["-l", "20%ORIGIN"]
-    assert backup.snapshot_extent_option("2G") == ["-L", "2G"]
+    assert backup.snapshot_size_kwarg("20%") == {"extents": "20%ORIGIN"}
+    assert backup.snapshot_size_kwarg("2G") == {"size": "2G"}
 
 
 def sh(script, stdin, cwd):
