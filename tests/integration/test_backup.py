@@ -162,9 +162,16 @@ def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
     assert (BACKUP_DIR / "bvm1.gz.sha256").read_text() == f"{ret.data['sha256']}  bvm1.gz\n"
     assert snapshots(lab) == []
 
-    events = event_listener.get_events([(salt_master.id, "pairvm/backup/bvm1/progress")], after_time=started)
-    # event.send wraps what it sends in "data"
-    figures = [e.data["data"] for e in sorted(events, key=lambda e: e.stamp)]
+    def progress():
+        # event.send wraps what it sends in "data"
+        events = event_listener.get_events([(salt_master.id, "pairvm/backup/bvm1/progress")],
+                                           after_time=started)
+        return [e.data["data"] for e in sorted(events, key=lambda e: e.stamp)]
+
+    # The events travel through the master apart from the job's return: wait for the last one.
+    wait_for(lambda: any(f["bytes"] == ret.data["bytes"] for f in progress()), "the final progress event",
+             timeout=30)
+    figures = progress()
     done = [f["bytes"] for f in figures]
     assert len(done) >= 3 and done == sorted(done) and done[-1] == ret.data["bytes"], done
     assert all(f["rate"] > 0 and "eta" in f and f["total"] == ret.data["bytes"] for f in figures)
