@@ -5,7 +5,7 @@ demo:              ## bring the demo pair lab up and show what it reports
 	./scripts/demo
 demo-down:         ## tear the demo pair lab down
 	./scripts/demo down
-test:              ## every tier (lint, unit, functional, integration) + leftover check
+test:              ## every tier (lint, unit, functional, integration, kernel, bench) + leftover check
 	./scripts/test
 test-unit:         ## the fast tier: unit tests only
 	./scripts/test unit
@@ -19,5 +19,5 @@ bootstrap:         ## Debian packages, .venv and the test guest (idempotent)
 	./scripts/bootstrap && tests/guest/build
 lab-clean:         ## remove whatever a killed run left of the lab
 	.venv/bin/python -m tests.lab clean
-bench:             ## benchmarks (print their figures)
+bench:             ## benchmarks, full length (print their figures)
 	./scripts/bootstrap && .venv/bin/python -m bench

@@ -23,8 +23,8 @@ connection, exactly like an administrative ``drbdadm disconnect`` (events2,
 ``drbdsetup show`` and the UUIDs tell them apart no better). What the kernel
 does besides is call its usermode helper ``drbdadm split-brain minor-N``,
 which runs the ``split-brain`` handler of the resource. The formula's
-``global_common.conf`` (``pairvm_render.drbd_global_common``) sets that
-handler to record the resource name as a file in ``SPLIT_BRAIN_DIR``; a
+``global_common.conf`` (``pairvmlib.render.drbd_global_common``) sets that
+handler to record the resource name as a file in ``layout.SPLIT_BRAIN_DIR``; a
 resource is in split brain when it is StandAlone with a disk and marked so.
 A new connection attempt (``connect``, ``up``) removes the mark: if the
 kernel finds a split brain again, its handler marks it again.
@@ -34,14 +34,12 @@ import os
 import re
 
 import salt.utils.path
+from pairvmlib import layout
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "drbd"
 
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,14}")
-# Written by the split-brain handler (see the module docstring); the same
-# path is in pairvm_render.SPLIT_BRAIN_DIR.
-SPLIT_BRAIN_DIR = "/var/lib/pairvm/split-brain"
 
 
 def __virtual__():
@@ -145,7 +143,7 @@ def status(name=None):
 
 def _split_brain_marks():
     try:
-        return set(os.listdir(SPLIT_BRAIN_DIR))
+        return set(os.listdir(layout.SPLIT_BRAIN_DIR))
     except FileNotFoundError:
         return set()
 
@@ -154,7 +152,7 @@ def _forget_split_brain(name):
     """A new connection attempt: the kernel marks the resource again if it
     still finds a split brain."""
     try:
-        os.unlink(os.path.join(SPLIT_BRAIN_DIR, name))
+        os.unlink(os.path.join(layout.SPLIT_BRAIN_DIR, name))
     except FileNotFoundError:
         pass
 

@@ -1,10 +1,12 @@
 """pairvm_host: what the pairvm host states (``salt/pairvm/host/``) ask of a host.
 
-Read-only functions: render the host's ifupdown configuration, probe a block
-device before it may become an LVM physical volume, read this host's SSH
-identity for the Salt mine, list libvirt autostart links of pairvm VMs. The
-states in ``_states/pairvm_host.py`` act on their answers. Every command is
-an argv list (``python_shell=False``).
+Read-only functions: the formula's defaults and backup settings for the SLS
+files, render the host's ifupdown configuration, probe a block device before
+it may become an LVM physical volume, read this host's SSH identity for the
+Salt mine, list libvirt autostart links of pairvm VMs. The states in
+``_states/pairvm_host.py`` act on their answers. Every command is an argv
+list (``python_shell=False``). Unlike ``pairvm``, this module needs no
+libvirt binding: a bare host's first highstate renders with it.
 
 :depends: util-linux (blkid, wipefs), lvm2 (pvs), openssh-client, ifupdown
 """
@@ -18,17 +20,19 @@ import stat
 import salt.utils.files
 import salt.utils.path
 import salt.utils.platform
+from pairvmlib import backup, boundary, hostsetup, machines, names
+from pairvmlib import commands as command_table
+from pairvmlib import defaults as formula_defaults
+from pairvmlib import network as ifupdown
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "pairvm_host"
 
-DEFAULT_KEY_FILE = "/root/.ssh/id_ed25519"
-DEFAULT_HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+DEFAULT_KEY_FILE = formula_defaults.HOST["ssh"]["key_file"]
+DEFAULT_HOST_KEY_FILE = formula_defaults.HOST["ssh"]["host_key"]
 AUTOSTART_DIR = "/etc/libvirt/qemu/autostart"
-MACHINES_DIR = "/machines"
-VM_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
 DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9._+:/-]{1,200}")
 
 
@@ -36,14 +40,6 @@ def __virtual__():
     if not salt.utils.platform.is_linux():
         return (False, "pairvm_host: pairvm hosts run Linux")
     return __virtualname__
-
-
-def _util(func, *args, **kwargs):
-    """Call a pure helper of _utils/pairvm_host.py; its ValueError becomes SaltInvocationError."""
-    try:
-        return __utils__[f"pairvm_host.{func}"](*args, **kwargs)
-    except ValueError as exc:
-        raise SaltInvocationError(str(exc)) from exc
 
 
 def _run(argv, ok=(0,)):
@@ -54,9 +50,59 @@ def _run(argv, ok=(0,)):
     return res
 
 
+# --- settings for the SLS files ----------------------------------------------------
+
+
+def defaults():
+    """
+    The defaults of every key of pillar ``pairvm:`` (``salt/pairvm/map.jinja``
+    merges pillar over them; ``pillar.example`` documents each).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm_host.defaults
+    """
+    return formula_defaults.pillar()
+
+
+@boundary.invocation
+def backup_settings():
+    """
+    Pillar ``pairvm:backup`` validated, with its defaults; each schedule job as
+    ``{name, destination, speed, compress, cron}`` (what the state
+    ``pairvm.host.backup`` turns into scheduler jobs, and ``pairvm.config``
+    copies into /machines/_global for the host command).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm_host.backup_settings
+    """
+    return backup.with_job_names(backup.settings(__salt__["config.get"]("pairvm:backup", None)))
+
+
+def commands():
+    """
+    What the bash completion of the host command needs, from the command's own
+    table (``pairvmlib.commands``): ``{"names": [...], "commands": {name: {"vm", "all",
+    "commands", "flags", "words", "files"}}, "vm_name_re"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt hostA pairvm_host.commands
+    """
+    return command_table.completion_spec()
+
+
 # --- network ----------------------------------------------------------------------
 
 
+@boundary.invocation
 def interfaces(network, admin_ip, replication_ip, bridge="br0"):
     """
     Render this host's ifupdown configuration from pillar ``pairvm:host:network``.
@@ -74,9 +120,10 @@ def interfaces(network, admin_ip, replication_ip, bridge="br0"):
         salt hostA pairvm_host.interfaces '{"admin": {"interface": "eth0", "prefix": 24}}' \\
             192.0.2.11 198.51.100.11
     """
-    return _util("interfaces", network, admin_ip, replication_ip, bridge)
+    return ifupdown.interfaces(network, admin_ip, replication_ip, bridge)
 
 
+@boundary.invocation
 def interface_names(network, admin_ip, replication_ip, bridge="br0"):
     """
     The interfaces ``interfaces`` renders, in the order ``ifup`` brings them up.
@@ -88,7 +135,7 @@ def interface_names(network, admin_ip, replication_ip, bridge="br0"):
         salt hostA pairvm_host.interface_names '{"bridge": {"ports": ["eth2"]}}' \\
             192.0.2.11 198.51.100.11
     """
-    return _util("interface_names", network, admin_ip, replication_ip, bridge)
+    return ifupdown.interface_names(network, admin_ip, replication_ip, bridge)
 
 
 # --- storage ----------------------------------------------------------------------
@@ -171,6 +218,7 @@ def _mounted(rdev, real):
     return found
 
 
+@boundary.invocation
 def device_usage(device, vg=None):
     """
     What is on a block device, and whether it may be a physical volume of ``vg``.
@@ -199,7 +247,7 @@ def device_usage(device, vg=None):
         probe["pv"] = _pv(device)
         probe["partitions"], probe["holders"] = _sysfs(real)
         probe["mounted"] = _mounted(rdev, real)
-    probe["verdict"] = _util("pv_verdict", device, vg, probe)
+    probe["verdict"] = hostsetup.pv_verdict(device, vg, probe)
     return probe
 
 
@@ -225,11 +273,12 @@ def _read_key(path, keep_comment):
         return None
     with salt.utils.files.fopen(path) as fh:
         line = fh.readline().strip()
-    key = _util("public_key", line, path)
+    key = hostsetup.public_key(line, path)
     comment = f" {key['comment']}" if keep_comment and key["comment"] else ""
     return f"{key['type']} {key['key']}{comment}"
 
 
+@boundary.invocation
 def ssh_identity(key_file=DEFAULT_KEY_FILE, host_key_file=DEFAULT_HOST_KEY_FILE):
     """
     This host's SSH identity for its peer: root's public key and the host key.
@@ -248,6 +297,7 @@ def ssh_identity(key_file=DEFAULT_KEY_FILE, host_key_file=DEFAULT_HOST_KEY_FILE)
     return {"user_key": _read_key(f"{key_file}.pub", True), "host_key": _read_key(host_key_file, False)}
 
 
+@boundary.invocation
 def authorized_key_line(key, from_ip, options=None):
     """
     The ``authorized_keys`` line that lets ``key`` in from ``from_ip`` only.
@@ -259,9 +309,10 @@ def authorized_key_line(key, from_ip, options=None):
         salt hostA pairvm_host.authorized_key_line 'ssh-ed25519 AAAA... root@hostB' 192.0.2.12
     """
     args = (key, from_ip) if options is None else (key, from_ip, options)
-    return _util("authorized_key_line", *args)
+    return hostsetup.authorized_key_line(*args)
 
 
+@boundary.invocation
 def public_key(key):
     """
     Split and check an OpenSSH public key line: ``{"type", "key", "comment"}``.
@@ -272,15 +323,15 @@ def public_key(key):
 
         salt hostA pairvm_host.public_key 'ssh-ed25519 AAAA... root@hostB'
     """
-    return _util("public_key", key)
+    return hostsetup.public_key(key)
 
 
 # --- libvirt ----------------------------------------------------------------------
 
 
-def pairvm_vm_names(vms=None, machines_dir=MACHINES_DIR):
+def pairvm_vm_names(vms=None):
     """
-    The pairvm VMs this host knows: ``vms`` (pillar) plus the records in ``machines_dir``.
+    The pairvm VMs this host knows: ``vms`` (pillar) plus the records in /machines.
 
     CLI Example:
 
@@ -288,14 +339,11 @@ def pairvm_vm_names(vms=None, machines_dir=MACHINES_DIR):
 
         salt hostA pairvm_host.pairvm_vm_names
     """
-    names = {name for name in vms or () if isinstance(name, str) and VM_NAME_RE.fullmatch(name)}
-    if os.path.isdir(machines_dir):
-        names |= {name for name in os.listdir(machines_dir)
-                  if VM_NAME_RE.fullmatch(name) and os.path.isfile(os.path.join(machines_dir, name))}
-    return sorted(names)
+    found = {name for name in vms or () if names.is_vm_name(name)}
+    return sorted(found | set(machines.vm_names()))
 
 
-def autostart_links(vms=None, machines_dir=MACHINES_DIR, directory=AUTOSTART_DIR):
+def autostart_links(vms=None, directory=AUTOSTART_DIR):
     """
     libvirt autostart links (``<directory>/<vm>.xml``) of pairvm VMs.
 
@@ -309,6 +357,5 @@ def autostart_links(vms=None, machines_dir=MACHINES_DIR, directory=AUTOSTART_DIR
 
         salt hostA pairvm_host.autostart_links
     """
-    return [path for path in (os.path.join(directory, f"{name}.xml")
-                              for name in pairvm_vm_names(vms, machines_dir))
+    return [path for path in (os.path.join(directory, f"{name}.xml") for name in pairvm_vm_names(vms))
             if os.path.lexists(path)]

@@ -2,24 +2,21 @@
 
 The master is the only allocator: IP, MAC, DRBD port and minor and VNC
 display of every VM are given here once, kept in the registry
-(``<cachedir>/pairvm/registry.json``, served to the hosts as pillar by the
-``pairvm_registry`` ext_pillar) and freed when the VM is destroyed.
+(``pairvmlib.registry``: ``<cachedir>/pairvm/registry.json``, served to the
+hosts as pillar by the ``pairvm_registry`` ext_pillar) and freed when the
+VM is destroyed.
 """
 
-import contextlib
 import copy
-import fcntl
-import functools
 import logging
-import os
 import time
 
 import salt.client
 import salt.key
 import salt.pillar
-import salt.utils.files
-import salt.utils.json
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from pairvmlib import alloc, boundary, layout, registry, schema
+from pairvmlib import verify as pair_verify
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -33,53 +30,14 @@ def __virtual__():
     return __virtualname__
 
 
-def _operation(func):
-    """Report a refusal or failure as a clear message and a non-zero retcode."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except CommandExecutionError as exc:
-            __context__["retcode"] = 1
-            # salt-run exits with a returned dict's "retcode".
-            return {"error": str(exc), "retcode": 1}
-
-    return wrapper
+def _refused(exc):
+    """A refusal or failure as a clear message and a non-zero retcode."""
+    __context__["retcode"] = 1
+    # salt-run exits with a returned dict's "retcode".
+    return {"error": str(exc), "retcode": 1}
 
 
-# --- the registry ----------------------------------------------------------------
-
-
-def _registry_path():
-    return os.path.join(__opts__["cachedir"], "pairvm", "registry.json")
-
-
-@contextlib.contextmanager
-def _registry():
-    """The registry, locked for the whole block; saved (atomically) when changed."""
-    path = _registry_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with salt.utils.files.fopen(path + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        registry = {"vms": {}}
-        if os.path.exists(path):
-            with salt.utils.files.fopen(path, "r") as fh:
-                registry = salt.utils.json.load(fh)
-        box = {"registry": registry}
-        yield box
-        if box["registry"] != registry:
-            tmp = path + ".tmp"
-            with salt.utils.files.fopen(tmp, "w") as fh:
-                salt.utils.json.dump(box["registry"], fh, indent=2, sort_keys=True)
-            os.rename(tmp, path)
-
-
-def _util(func, *args):
-    try:
-        return __utils__[func](*args)
-    except SaltInvocationError as exc:
-        raise CommandExecutionError(str(exc)) from exc
+_operation = boundary.converting(_refused, also=(CommandExecutionError,))
 
 
 # --- pillar and the pair ----------------------------------------------------------
@@ -132,10 +90,10 @@ def allocate(minion=None):
         salt-run pairvm.allocate
     """
     pairvm = _pillar(minion)
-    settings = _util("pairvm_schema.settings", pairvm)
-    definitions = _util("pairvm_schema.vms", pairvm)
-    with _registry() as box:
-        box["registry"] = _util("pairvm_alloc.allocate", settings, definitions, box["registry"])
+    settings = schema.settings(pairvm)
+    definitions = schema.vms(pairvm)
+    with registry.locked(__opts__) as box:
+        box["registry"] = alloc.allocate(settings, definitions, box["registry"])
         return {name: entry["alloc"] for name, entry in box["registry"]["vms"].items()}
 
 
@@ -165,20 +123,18 @@ def create(name, home, memory, disc, wait=True, **options):
         salt-run pairvm.create vm2 hostB 1024 20G vcpus=2 ip=192.0.2.50
     """
     options = {k: v for k, v in options.items() if not k.startswith("__")}
-    _util("pairvm_schema.validate_name", name)
+    schema.validate_name(name)
     pairvm = _pillar(home if isinstance(home, str) else None)
-    settings = _util("pairvm_schema.settings", pairvm)
-    definitions = _util("pairvm_schema.vms", pairvm)
+    settings = schema.settings(pairvm)
+    definitions = schema.vms(pairvm)
     definition = {"home": home, "memory": memory, "disc": disc, **options}
-    definition = _util("pairvm_schema.vm_definition", name, definition, settings)
-    with _registry() as box:
+    definition = schema.vm_definition(name, definition, settings)
+    with registry.locked(__opts__) as box:
         if name in definitions or name in box["registry"].get("vms", {}):
             raise CommandExecutionError(f"VM {name} already exists (pillar or registry)")
-        registry = _util("pairvm_alloc.allocate", settings, {**definitions, name: definition},
-                         box["registry"])
-        registry = copy.deepcopy(registry)
-        registry["vms"][name]["definition"] = definition
-        box["registry"] = registry
+        updated = copy.deepcopy(alloc.allocate(settings, {**definitions, name: definition}, box["registry"]))
+        updated["vms"][name]["definition"] = definition
+        box["registry"] = updated
     peer = next(h for h in _pair(settings) if h != home)
     try:
         result = _apply_create(name, home, peer, wait)
@@ -217,8 +173,8 @@ def _undo_create(name, settings):
             _call(host, "pairvm.destroy", name, confirm=True, force=True)
         except CommandExecutionError as exc:
             log.error("pairvm: could not undo create of %s on %s: %s", name, host, exc)
-    with _registry() as box:
-        box["registry"] = __utils__["pairvm_alloc.release"](box["registry"], name)
+    with registry.locked(__opts__) as box:
+        box["registry"] = alloc.release(box["registry"], name)
     for host in _pair(settings):
         try:
             _call(host, "saltutil.refresh_pillar", wait=True)
@@ -244,18 +200,18 @@ def destroy(name, confirm=False, force=False):
 
         salt-run pairvm.destroy vm1 confirm=True
     """
-    _util("pairvm_schema.validate_name", name)
+    schema.validate_name(name)
     if confirm is not True:
         raise CommandExecutionError(f"destroying VM {name} deletes its disc on both hosts: pass confirm=True")
-    settings = _util("pairvm_schema.settings", _pillar())
+    settings = schema.settings(_pillar())
     running = [h for h in _pair(settings) if name in _running_vms(h)]
     if running and not force:
         raise CommandExecutionError(
             f"VM {name} is running on {', '.join(running)}: stop it first, or force=True"
         )
     changes = {h: _call(h, "pairvm.destroy", name, confirm=True, force=force) for h in _pair(settings)}
-    with _registry() as box:
-        box["registry"] = __utils__["pairvm_alloc.release"](box["registry"], name)
+    with registry.locked(__opts__) as box:
+        box["registry"] = alloc.release(box["registry"], name)
     for host in _pair(settings):
         _call(host, "saltutil.refresh_pillar", wait=True)
     return {"name": name, "changes": changes}
@@ -282,8 +238,8 @@ def resize(name, size):
 
         salt-run pairvm.resize vm1 20G
     """
-    _util("pairvm_schema.validate_name", name)
-    record = _call(_pair(_util("pairvm_schema.settings", _pillar()))[0], "pairvm.pillar_record", name)
+    schema.validate_name(name)
+    record = _call(_pair(schema.settings(_pillar()))[0], "pairvm.pillar_record", name)
     home = record["home"]
     return {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], home)}
 
@@ -311,8 +267,8 @@ def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=Fal
         salt-run pairvm.split_brain_victim vm1 hostB snapshot_size=2G
         salt-run pairvm.split_brain_victim vm1 hostB test=True
     """
-    _util("pairvm_schema.validate_name", name)
-    pair = _pair(_util("pairvm_schema.settings", _pillar()))
+    schema.validate_name(name)
+    pair = _pair(schema.settings(_pillar()))
     if victim not in pair:
         raise CommandExecutionError(f"victim {victim!r} is not a host of the pair ({', '.join(pair)})")
     survivor = next(host for host in pair if host != victim)
@@ -351,7 +307,7 @@ def list_():
 
         salt-run pairvm.list
     """
-    settings = _util("pairvm_schema.settings", _pillar())
+    settings = schema.settings(_pillar())
     views = {host: _call(host, "pairvm.list") for host in _pair(settings)}
     names = sorted({row["name"] for view in views.values() for row in view["vms"]})
     return {"vms": [_merge(name, views) for name in names]}
@@ -376,46 +332,8 @@ def _merge(name, views):
 
 # --- verify ----------------------------------------------------------------------------------
 # The pair checked as one (like gnt-cluster verify): one pairvm.facts call per host, then
-# every check on that data. Each finding has a stable code; docs/verify.md lists them.
-
-VERIFY_CODES = {
-    "EHOSTDOWN": "a host of the pair did not answer pairvm.facts",
-    "EQUERYFAILED": "a query on a host (DRBD, libvirt, LVM, a /machines file) or the registry failed",
-    "EVMMISSING": "a VM of pillar/registry is not defined on a host (/machines/<vm> or its LV)",
-    "EVMUNKNOWN": "a VM is on a host (/machines, DRBD or LV) but not in pillar/registry",
-    "EMACHINESDIFF": "/machines/<vm> differs between the hosts (sha256 of the file bytes)",
-    "EDRBDSPLITBRAIN": "DRBD resource StandAlone with a local disc: split brain",
-    "EDRBDDISCONNECTED": "DRBD resource down or not Connected",
-    "EDRBDNOTUPTODATE": "DRBD disc on a host not UpToDate",
-    "EVMRUNNINGTWICE": "VM running on both hosts",
-    "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
-    "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
-    "EMEMCAP": "the pair's VM memory is over pairvm:memory_cap",
-    "EALLOCCOLLISION": "the registry gives one value (IP, MAC, port, minor, display) to two VMs",
-    "ETOOLMISSING": "a required tool is missing on a host",
-    "EVGMISSING": "a volume group (here/there) is missing on a host",
-    "EBRIDGEMISSING": "a bridge the VMs use is missing on a host",
-}
-VNC_LOCAL = "127.0.0.1"
-
-
-def _finding(severity, code, vm, host, message):
-    return {"severity": severity, "code": code, "vm": vm, "host": host, "message": message}
-
-
-def _verify_line(finding):
-    vm, host = finding["vm"], finding["host"]
-    where = f"{vm}@{host}" if vm and host else vm or (f"@{host}" if host else "pair")
-    return f"{finding['severity']} {finding['code']} {where}: {finding['message']}"
-
-
-def _read_registry():
-    """The registry as saved, read without the lock (a save is an atomic rename)."""
-    path = _registry_path()
-    if not os.path.exists(path):
-        return {"vms": {}}
-    with salt.utils.files.fopen(path, "r") as fh:
-        return salt.utils.json.load(fh)
+# every check on that data (pairvmlib.verify). Each finding has a stable code; docs/verify.md
+# lists them.
 
 
 def _gather_facts(hosts, bridges, timeout):
@@ -428,194 +346,16 @@ def _gather_facts(hosts, bridges, timeout):
         answer = (ret or {}).get(host)
         facts[host] = None
         if not isinstance(answer, dict) or "ret" not in answer:
-            findings.append(_finding("ERROR", "EHOSTDOWN", None, host,
+            findings.append(pair_verify.finding("ERROR", "EHOSTDOWN", None, host,
                                      f"did not answer pairvm.facts within {timeout}s: is the host up and "
                                      f"its salt-minion running? (salt-run manage.status)"))
         elif answer.get("retcode", 0) != 0 or not isinstance(answer["ret"], dict):
-            findings.append(_finding("ERROR", "EHOSTDOWN", None, host,
+            findings.append(pair_verify.finding("ERROR", "EHOSTDOWN", None, host,
                                      f"pairvm.facts failed: {answer['ret']} (are the modules synced? "
                                      f"salt {host} saltutil.sync_all)"))
         else:
             facts[host] = answer["ret"]
     return facts, findings
-
-
-def _host_checks(host, fact, settings, bridges):
-    """What one host's facts say about the host itself: queries, tools, VGs, bridges."""
-    found = []
-    for query, message in sorted((fact.get("errors") or {}).items()):
-        vm = query.split("/", 1)[1] if query.startswith("machines/") else None
-        found.append(_finding("ERROR", "EQUERYFAILED", vm, host, f"{query}: {message}"))
-    for name, machine in sorted(fact["machines"].items()):
-        if machine.get("error"):
-            found.append(_finding("ERROR", "EQUERYFAILED", name, host,
-                                  f"/machines/{name} is unreadable: {machine['error']}"))
-    if fact["tools_missing"]:
-        found.append(_finding("ERROR", "ETOOLMISSING", None, host,
-                              "missing: " + ", ".join(fact["tools_missing"])
-                              + " (salt " + host + " state.apply pairvm.host installs them)"))
-    if "volume_groups" not in (fact.get("errors") or {}):
-        for vg in settings["volume_groups"]:
-            if vg not in fact["volume_groups"]:
-                found.append(_finding("ERROR", "EVGMISSING", None, host,
-                                      f"volume group {vg} does not exist (vgcreate {vg} on a disc)"))
-    for bridge in sorted(bridges):
-        if not fact["bridges"].get(bridge, {}).get("present"):
-            found.append(_finding("ERROR", "EBRIDGEMISSING", None, host,
-                                  f"bridge {bridge} does not exist: VMs using it cannot start here"))
-    return found
-
-
-def _present(fact, volume_groups):
-    """{vm: [where]} of what a host holds of each VM: /machines file, DRBD resource, LV."""
-    where = {}
-    for name in fact["machines"]:
-        where.setdefault(name, []).append(f"/machines/{name}")
-    for name in fact["drbd"]:
-        where.setdefault(name, []).append(f"DRBD resource {name}")
-    for lv in fact["lvs"]:
-        vg, _, name = lv.partition("/")
-        if vg in volume_groups:
-            where.setdefault(name, []).append(f"LV {lv}")
-    return where
-
-
-def _vm_host_checks(host, fact, expected, settings):
-    """One host's view of each VM: missing, unknown, its disc, DRBD, VNC."""
-    found = []
-    machines, errors = fact["machines"], fact.get("errors") or {}
-    for name in sorted(expected):
-        if f"machines/{name}" in errors:  # unreadable: EQUERYFAILED says so
-            continue
-        if name not in machines:
-            found.append(_finding("ERROR", "EVMMISSING", name, host,
-                                  f"/machines/{name} does not exist: the VM is not defined here "
-                                  f"(salt-run state.orchestrate pairvm.orch.apply)"))
-            continue
-        vg = machines[name].get("vg")
-        if vg and "lvs" not in errors and f"{vg}/{name}" not in fact["lvs"]:
-            found.append(_finding("ERROR", "EVMMISSING", name, host,
-                                  f"its disc LV {vg}/{name} does not exist"))
-    for name, where in sorted(_present(fact, settings["volume_groups"]).items()):
-        if name not in expected:
-            found.append(_finding("WARNING", "EVMUNKNOWN", name, host,
-                                  f"not in pillar or the registry, but here: {', '.join(where)}"))
-    if "drbd" not in errors:
-        for name in sorted(machines):
-            found += _drbd_checks(host, name, fact["drbd"].get(name))
-    for name, listen in sorted(fact["vnc"].items()):
-        if listen is not None and listen != VNC_LOCAL:
-            found.append(_finding("ERROR", "EVNCNOTLOCAL", name, host,
-                                  f"VNC listens on {listen}, not {VNC_LOCAL}: anyone who reaches it "
-                                  f"sees the console; restart the VM with pairvm (stop, start)"))
-    return found
-
-
-def _drbd_checks(host, name, state):
-    if not state:
-        return [_finding("ERROR", "EDRBDDISCONNECTED", name, host,
-                         f"DRBD resource {name} is not up (drbdadm up {name}, or pairvm autostart)")]
-    found = []
-    if state.get("split_brain"):
-        found.append(_finding("ERROR", "EDRBDSPLITBRAIN", name, host,
-                              f"DRBD resource {name} is StandAlone with its disc {state.get('disk')}: "
-                              f"split brain; nothing was discarded: choose the side whose changes to "
-                              f"drop (salt-run pairvm.split_brain_victim {name} HOST)"))
-    elif state.get("connection") != "Connected":
-        found.append(_finding("ERROR", "EDRBDDISCONNECTED", name, host,
-                              f"DRBD resource {name} is {state.get('connection')}, not Connected: "
-                              f"writes are not replicated to the peer"))
-    if state.get("disk") != "UpToDate":
-        syncing = f" (resync: {state.get('replication')})" if state.get("syncing") else ""
-        found.append(_finding("ERROR", "EDRBDNOTUPTODATE", name, host,
-                              f"DRBD disc of {name} is {state.get('disk')}, not UpToDate{syncing}"))
-    return found
-
-
-def _pair_checks(facts, expected, wanted_state):
-    """What needs both hosts' facts: /machines digests, where each VM runs."""
-    (host_a, fact_a), (host_b, fact_b) = sorted(facts.items())
-    found = []
-    for name in sorted(set(fact_a["machines"]) & set(fact_b["machines"])):
-        digest_a, digest_b = fact_a["machines"][name]["digest"], fact_b["machines"][name]["digest"]
-        if digest_a != digest_b:
-            found.append(_finding("ERROR", "EMACHINESDIFF", name, None,
-                                  f"/machines/{name} differs: {host_a} sha256 {digest_a[:12]}, "
-                                  f"{host_b} sha256 {digest_b[:12]} (edited by hand? re-apply pairvm.vms)"))
-    if any("libvirt" in (fact.get("errors") or {}) for fact in facts.values()):
-        return found  # where the VMs run is not known: EQUERYFAILED says why
-    known = expected | set(fact_a["machines"]) | set(fact_b["machines"])
-    running = {host: set(fact["running"]) & known for host, fact in facts.items()}
-    for name in sorted(running[host_a] & running[host_b]):
-        found.append(_finding("ERROR", "EVMRUNNINGTWICE", name, None,
-                              f"running on both {host_a} and {host_b}: both write to the disc; "
-                              f"stop it on one host at once"))
-    for name in sorted(expected):
-        state, suppressed, home = wanted_state(name)
-        defined = name in fact_a["machines"] or name in fact_b["machines"]
-        if state != "running" or not defined or name in running[host_a] | running[host_b]:
-            continue
-        if suppressed:
-            found.append(_finding("WARNING", "EVMNOTRUNNING", name, home,
-                                  "should run (state running) but runs on neither host; it is suppressed "
-                                  "from autostart"))
-        else:
-            found.append(_finding("ERROR", "EVMNOTRUNNING", name, home,
-                                  f"should run (state running) but runs on neither host "
-                                  f"(pairvm start {name} on {home or 'its home'})"))
-    return found
-
-
-def _wanted(definitions, facts):
-    """A function: VM name -> (state, suppressed, home), from pillar, else from a host's record."""
-
-    def wanted_state(name):
-        records = [f["machines"][name] for f in facts.values() if f and name in f["machines"]]
-        definition = definitions.get(name) or (records[0] if records else {})
-        home = definition.get("home")
-        suppressed = bool(definition.get("suppress")) or any(
-            name in (f.get("suppressed") or []) for h, f in facts.items() if f and h == home
-        )
-        return definition.get("state", "running"), suppressed, home
-
-    return wanted_state
-
-
-def _memory_check(settings, definitions, facts):
-    cap = settings.get("memory_cap") or 0
-    memory = {name: d["memory"] for name, d in definitions.items()}
-    for fact in facts.values():
-        for name, machine in (fact or {}).get("machines", {}).items():
-            if name not in memory and isinstance(machine.get("memory"), int):
-                memory[name] = machine["memory"]
-    total = sum(memory.values())
-    if cap <= 0 or total <= cap:
-        return []
-    return [_finding("ERROR", "EMEMCAP", None, None,
-                     f"the pair's {len(memory)} VMs total {total} MiB of memory, over "
-                     f"pairvm:memory_cap {cap} MiB")]
-
-
-def _count(number, noun):
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _verify_result(findings):
-    order = {"ERROR": 0, "WARNING": 1}
-    findings = sorted(findings, key=lambda f: (order[f["severity"]], f["code"], f["vm"] or "",
-                                               f["host"] or "", f["message"]))
-    errors = sum(1 for f in findings if f["severity"] == "ERROR")
-    warnings = len(findings) - errors
-    result = {
-        "ok": errors == 0,
-        "summary": f"{_count(errors, 'error')}, {_count(warnings, 'warning')}",
-        "lines": [_verify_line(f) for f in findings],
-        "findings": findings,
-        "retcode": 1 if errors else 0,
-    }
-    if errors:
-        __context__["retcode"] = 1
-    return result
 
 
 @_operation
@@ -658,27 +398,20 @@ def verify(timeout=60):
         salt-run pairvm.verify --out=json
     """
     pairvm = _pillar()
-    settings = _util("pairvm_schema.settings", pairvm)
-    definitions = _util("pairvm_schema.vms", pairvm)
+    settings = schema.settings(pairvm)
+    definitions = schema.vms(pairvm)
     findings = []
     try:
-        registry = _read_registry()
-        findings += [_finding("ERROR", "EALLOCCOLLISION", None, None, message)
-                     for message in __utils__["pairvm_alloc.collisions"](registry)]
-    except (OSError, ValueError, SaltInvocationError) as exc:
-        registry = {"vms": {}}
-        findings.append(_finding("ERROR", "EQUERYFAILED", None, None,
-                                 f"cannot read the registry {_registry_path()}: {exc}"))
-    expected = set(definitions) | set((registry.get("vms") or {}) if isinstance(registry, dict) else {})
+        saved = registry.read(__opts__)
+    except (OSError, ValueError) as exc:
+        saved = None
+        where = layout.registry_path(__opts__)
+        findings.append(pair_verify.finding("ERROR", "EQUERYFAILED", None, None,
+                                            f"cannot read the registry {where}: {exc}"))
     bridges = {settings["bridge"]} | {d["bridge"] for d in definitions.values() if d.get("bridge")}
-    hosts = _pair(settings)
-    facts, down = _gather_facts(hosts, bridges, timeout)
-    findings += down
-    for host, fact in facts.items():
-        if fact is not None:
-            findings += _host_checks(host, fact, settings, bridges)
-            findings += _vm_host_checks(host, fact, expected, settings)
-    if all(fact is not None for fact in facts.values()):
-        findings += _pair_checks(facts, expected, _wanted(definitions, facts))
-    findings += _memory_check(settings, definitions, facts)
-    return _verify_result(findings)
+    facts, down = _gather_facts(_pair(settings), bridges, timeout)
+    findings += down + pair_verify.analyse(settings, definitions, saved, facts, bridges)
+    result = pair_verify.result(findings)
+    if result["retcode"]:
+        __context__["retcode"] = 1
+    return result

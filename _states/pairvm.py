@@ -54,16 +54,33 @@ def _home(name):
 
 def vm_running(name):
     """
-    VM ``name`` runs on its home host. On the peer this state only checks.
+    VM ``name`` runs on its home host, which starts it.
+
+    On the peer this state changes nothing and checks the peer's part: the
+    VM's DRBD resource is up here, so the home host's writes reach this
+    replica. It passes when the VM runs at home (DRBD Primary there) or
+    here (started away from home, which the comment says); it fails when
+    the resource is down here.
     """
+    me = __grains__["id"]
     try:
         home = _home(name)
+        if home == me:
+            return _apply(name, "pairvm.start")
+        drbd = __salt__["drbd.status"](name)
+        running_here = any(row["name"] == name and row["running"]
+                           for row in __salt__["pairvm.list"](fields="running")["vms"])
     except CommandExecutionError as exc:
         return {"name": name, "changes": {}, "result": False, "comment": str(exc)}
-    if home != __grains__["id"]:
-        return {"name": name, "changes": {}, "result": True,
-                "comment": f"VM {name} runs on its home host {home}"}
-    return _apply(name, "pairvm.start")
+    ret = {"name": name, "changes": {}, "result": True}
+    if running_here:
+        return {**ret, "comment": f"VM {name} runs here on {me}, away from its home {home}"}
+    if not drbd:
+        return {**ret, "result": False,
+                "comment": f"VM {name}'s DRBD resource is not up on {me}: its home {home} cannot replicate "
+                           f"to this host (pairvm autostart here brings it up)"}
+    where = "runs on its home" if drbd.get("peer_role") == "Primary" else "is started by its home"
+    return {**ret, "comment": f"VM {name} {where} {home}; its replica here is {drbd.get('connection')}"}
 
 
 def vm_stopped(name, graceful=True, timeout=60):

@@ -17,6 +17,8 @@ import os
 import stat
 
 import salt.utils.files
+from pairvmlib import defaults, render
+from pairvmlib.errors import Invalid
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,8 @@ def mine_published(name, function, function_args=None, allow_tgt=None, allow_tgt
 
 def drbd_global_common(name=DRBD_GLOBAL_COMMON, check_cmd="drbdadm dump all -c"):
     """
-    DRBD's ``global_common.conf`` with exactly the text ``pairvm.drbd_common_config`` returns.
+    DRBD's ``global_common.conf`` as ``pairvmlib.render.drbd_global_common``
+    renders it from pillar ``pairvm:drbd_options``.
 
     The VM code (``pairvm.create``) writes the same file from the same
     function, so the two never fight. Written with ``file.managed``: a diff
@@ -238,15 +241,11 @@ def drbd_global_common(name=DRBD_GLOBAL_COMMON, check_cmd="drbdadm dump all -c")
           pairvm_host.drbd_global_common:
             - name: /etc/drbd.d/global_common.conf
     """
-    if "pairvm.drbd_common_config" not in __salt__:
-        return _ret(name, False, "the pairvm execution module is not available: it needs the libvirt "
-                                 "Python binding in Salt's Python (python3-libvirt, or salt-pip install "
-                                 "libvirt-python), then saltutil.sync_modules")
-    try:
-        text = __salt__["pairvm.drbd_common_config"]()
-    except (ValueError, SaltInvocationError, CommandExecutionError) as exc:
-        return _ret(name, False, f"pillar pairvm:drbd_options: {exc}")
     options = __salt__["config.get"]("pairvm:drbd_options", {}) or {}
+    try:
+        text = render.drbd_global_common(options)
+    except Invalid as exc:
+        return _ret(name, False, f"pillar pairvm:drbd_options: {exc}")
     secret = bool(options.get("shared_secret"))
     ret = __states__["file.managed"](
         name=name, contents=text, user="root", group="root", mode="0600" if secret else "0644",
@@ -270,12 +269,12 @@ def drbd_global_common(name=DRBD_GLOBAL_COMMON, check_cmd="drbdadm dump all -c")
 # --- libvirt ----------------------------------------------------------------------
 
 
-def autostart_disabled(name=AUTOSTART_DIR, vms=None, machines_dir="/machines", uri="qemu:///system"):
+def autostart_disabled(name=AUTOSTART_DIR, vms=None, uri=defaults.SETTINGS["libvirt_uri"]):
     """
     libvirt autostarts no pairvm VM: pairvm decides where a VM runs.
 
     pairvm VMs are those of ``vms`` (pillar) and of the records in
-    ``machines_dir``; their links ``<name>/<vm>.xml`` are removed, through
+    /machines; their links ``<name>/<vm>.xml`` are removed, through
     ``virsh autostart --disable`` when libvirt answers (so its own view
     changes too), else by unlinking. Links of other domains are left alone.
 
@@ -285,7 +284,7 @@ def autostart_disabled(name=AUTOSTART_DIR, vms=None, machines_dir="/machines", u
           pairvm_host.autostart_disabled:
             - vms: [web1, db1]
     """
-    links = __salt__["pairvm_host.autostart_links"](vms, machines_dir, name)
+    links = __salt__["pairvm_host.autostart_links"](vms, name)
     if not links:
         return _ret(name, True, "libvirt autostarts no pairvm VM")
     changes = {"removed": links}

@@ -1,6 +1,10 @@
-"""Run every benchmark: python -m bench."""
+"""Run every benchmark: ``python -m bench`` (full), ``python -m bench --quick`` (the bench
+tier of ./scripts/test: each one runs briefly and prints its figures; no target is checked)."""
+
+import sys
 
 from bench import backup_throughput, vm_scale
 
-vm_scale.main()
-backup_throughput.main()
+quick = "--quick" in sys.argv[1:]
+vm_scale.main(quick=quick)
+backup_throughput.main(quick=quick)

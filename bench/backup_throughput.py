@@ -1,6 +1,6 @@
 """Backup pipeline throughput: python -m bench.backup_throughput
 
-Runs the product's own transfer code (``_send`` of _modules/pairvm.py: pv,
+Runs the product's own transfer code (``send`` of pairvmlib.transfer: pv,
 pigz or zstd, the Python relay that hashes, ssh to the constant remote
 scripts, checksum and rename) against a real sshd on 127.0.0.1 (root's
 key in a temporary directory), on one data file that compresses about 3:1.
@@ -31,12 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.unit.conftest import load, real_utils
+from pairvmlib import backup, host, transfer
 
 PORT = 2299
-DATA_MIB = 1024
+# full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
+DATA_MIB, QUICK_DATA_MIB = 1024, 48
 LIMITS_KIB = (1024, 8192, 32768)
-CAPPED_SECONDS = 23
+CAPPED_SECONDS, QUICK_CAPPED_SECONDS = 23, 3
 
 
 def make_data(path, mib):
@@ -77,20 +78,15 @@ def start_sshd(tmp):
     return sshd
 
 
-def product(tmp):
-    """_modules/pairvm.py with Salt's dunders: real utils; progress events kept in
-    ``pairvm.events`` as (time, bytes)."""
-    pairvm = load("_modules/pairvm.py", "pairvm_bench")
-    pairvm.__utils__ = real_utils()
-    pairvm.events = []
-    pairvm.__salt__ = {
-        "event.send": lambda tag, data: pairvm.events.append((time.monotonic(), data["bytes"])),
-    }
-    pairvm.__opts__ = {}
-    pairvm.__grains__ = {"id": "bench"}
-    pairvm.__context__ = {}
-    settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT}
-    return pairvm, settings
+class Product:
+    """The product's backup transfer (pairvmlib.transfer) on a host whose progress events are
+    kept in ``events`` as (time, bytes)."""
+
+    def __init__(self, tmp):
+        self.events = []
+        salt = {"event.send": lambda tag, data: self.events.append((time.monotonic(), data["bytes"]))}
+        self.host = host.Host(salt, {}, {}, {"id": "bench"})
+        self.settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT}
 
 
 def timed(argv, **kwargs):
@@ -99,38 +95,38 @@ def timed(argv, **kwargs):
     return time.monotonic() - start
 
 
-def send(pairvm, settings, data, dest, speed, compress):
+def send(product, data, dest, speed, compress):
     """Disc bytes per second of one whole backup (connect, stream, checksum, rename)."""
     size = data.stat().st_size
     target = {"user": "root", "host": "127.0.0.1", "path": str(dest)}
     start = time.monotonic()
-    pairvm._send("bench", str(data), size, target, dict(settings, speed=speed, compress=compress),
-                 lambda: None)
+    transfer.send("bench", str(data), size, target, dict(product.settings, speed=speed, compress=compress),
+                  lambda: None, product.host.reporter)
     return size / (time.monotonic() - start)
 
 
-def stages_alone(pairvm, settings, data, out, compress):
+def stages_alone(settings, data, out, compress):
     """Throughput (disc bytes/s) of each stage on its own."""
     size = data.stat().st_size
-    tool = pairvm.__utils__["pairvm_backup.compressor"](compress)["compress"]
+    tool = backup.compressor(compress)["compress"]
     packed = out / f"alone.{compress}"
     subprocess.run(["cat", str(data)], stdout=subprocess.DEVNULL, check=True)  # page cache, as the pipeline
     read = size / timed(["pv", "-q", "-s", str(size), str(data)], stdout=subprocess.DEVNULL)
     with open(data, "rb") as src, open(packed, "wb") as dst:
         pack = size / timed(tool, stdin=src, stdout=dst)
-    ssh = pairvm.__utils__["pairvm_backup.ssh_argv"](
-        {"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [f"cat > {out}/alone.remote"]
+    ssh = backup.ssh_argv({"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [
+        f"cat > {out}/alone.remote"]
     with open(packed, "rb") as src:
         carry = size / timed(ssh, stdin=src)
     return {"read": read, compress: pack, "ssh": carry}
 
 
-def shell_pipeline(pairvm, settings, data, out, compress):
+def shell_pipeline(settings, data, out, compress):
     """The same tools piped together with no relay, checksum or rename (a reference)."""
     size = data.stat().st_size
-    tool = pairvm.__utils__["pairvm_backup.compressor"](compress)["compress"]
-    ssh = pairvm.__utils__["pairvm_backup.ssh_argv"](
-        {"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [f"cat > {out}/shell.remote"]
+    tool = backup.compressor(compress)["compress"]
+    ssh = backup.ssh_argv({"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [
+        f"cat > {out}/shell.remote"]
     start = time.monotonic()
     with subprocess.Popen(["pv", "-q", str(data)], stdout=subprocess.PIPE) as reader, \
             subprocess.Popen(tool, stdin=reader.stdout, stdout=subprocess.PIPE) as packer:
@@ -143,22 +139,24 @@ def mib(rate):
     return f"{rate / 2**20:8.1f} MiB/s"
 
 
-def main():
+def main(quick=False):
+    data_mib, capped_seconds = (QUICK_DATA_MIB, QUICK_CAPPED_SECONDS) if quick else (DATA_MIB, CAPPED_SECONDS)
     tmp = Path(tempfile.mkdtemp(prefix="pvbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o755)
     sshd = None
     try:
         data = tmp / "disc.img"
-        make_data(data, DATA_MIB)
+        make_data(data, data_mib)
         sshd = start_sshd(tmp)
-        pairvm, settings = product(tmp)
-        print(f"backup throughput: {DATA_MIB} MiB of data (1/3 random), sshd on 127.0.0.1:{PORT}, "
-              f"{os.cpu_count()} CPUs")
+        product = Product(tmp)
+        settings = product.settings
+        print(f"backup throughput{' (quick: too short for its targets)' if quick else ''}: {data_mib} MiB "
+              f"of data (1/3 random), sshd on 127.0.0.1:{PORT}, {os.cpu_count()} CPUs")
         print("uncapped: pipeline / slowest stage alone (target >= 0.80)")
         for compress in ("gzip", "zstd"):
-            alone = stages_alone(pairvm, settings, data, tmp, compress)
-            pipeline = send(pairvm, settings, data, tmp / f"uncapped.{compress}", 0, compress)
-            plain = shell_pipeline(pairvm, settings, data, tmp, compress)
+            alone = stages_alone(settings, data, tmp, compress)
+            pipeline = send(product, data, tmp / f"uncapped.{compress}", 0, compress)
+            plain = shell_pipeline(settings, data, tmp, compress)
             slowest = min(alone, key=alone.get)
             stages = ", ".join(f"{k} {mib(v).strip()}" for k, v in alone.items())
             print(f"  {compress:5} pipeline {mib(pipeline)}; alone: {stages}; "
@@ -166,14 +164,14 @@ def main():
             print(f"        reference: the same tools piped by the shell (no relay, checksum or rename) "
                   f"{mib(plain).strip()}, ratio {plain / alone[slowest]:.2f}; pairvm / shell "
                   f"{pipeline / plain:.2f}")
-        print(f"capped (gzip): achieved / requested, {CAPPED_SECONDS} s each (target 0.95 to 1.05)")
+        print(f"capped (gzip): achieved / requested, {capped_seconds} s each (target 0.95 to 1.05)")
         for limit in LIMITS_KIB:
             part = tmp / f"capped-{limit}.img"
-            cycle(data, part, limit * 1024 * CAPPED_SECONDS)
-            pairvm.events.clear()
-            whole = send(pairvm, settings, part, tmp / f"capped-{limit}.gz", limit, "gzip")
+            cycle(data, part, limit * 1024 * capped_seconds)
+            product.events.clear()
+            whole = send(product, part, tmp / f"capped-{limit}.gz", limit, "gzip")
             # pv's counts once a second (the last event is the final one after the rename)
-            (t0, b0), (t1, b1) = pairvm.events[0], pairvm.events[-2]
+            (t0, b0), (t1, b1) = product.events[0], product.events[-2]
             reading = (b1 - b0) / (t1 - t0)
             print(f"  {limit:6} KiB/s: read at {reading / 1024:9.1f} KiB/s over {t1 - t0:5.1f} s, "
                   f"ratio {reading / (limit * 1024):.3f}; whole backup incl. connect and rename "
@@ -187,4 +185,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(quick="--quick" in sys.argv[1:]))

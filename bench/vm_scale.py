@@ -14,19 +14,19 @@ number of VMs: LVM, DRBD and libvirt are queried once per run.
 """
 
 import re
+import sys
 import time
 
 import salt.utils.yaml
-from tests.functional.conftest import SaltCall
+from pairvmlib import alloc, schema
 from tests.lab import lab as labmod
 from tests.lab import saltlab
 from tests.lab.hosts import REPO
-from tests.unit.conftest import load
+from tests.lab.saltlab import SaltCall
 
-COUNTS = (1, 50, 200)
+# full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
+COUNTS, QUICK_COUNTS = (1, 50, 200), (1, 5)
 DISC_MIB = 16
-schema = load("_utils/pairvm_schema.py", "bench_schema")
-alloc = load("_utils/pairvm_alloc.py", "bench_alloc")
 
 
 def _pillar(count):
@@ -62,8 +62,9 @@ def _configure(host, pillar_dir):
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - bench\n")
 
 
-def main():
-    lab = labmod.Lab(("hostA",), pv_size_mib=max(COUNTS) * DISC_MIB + 256)
+def main(quick=False):
+    counts = QUICK_COUNTS if quick else COUNTS
+    lab = labmod.Lab(("hostA",), pv_size_mib=max(counts) * DISC_MIB + 256)
     lab.up()
     host = lab.hosts["hostA"]
     pillar_dir = host.dir / "bench-pillar"
@@ -73,7 +74,7 @@ def main():
         SaltCall(host)("saltutil.sync_all")
         header = ("VMs", "setup s", "apply s", "apply procs", "list s", "list procs")
         print("{:>5} {:>8} {:>8} {:>12} {:>7} {:>11}".format(*header))
-        for count in COUNTS:
+        for count in counts:
             (pillar_dir / "bench.sls").write_text(salt.utils.yaml.safe_dump(_pillar(count)))
             start = time.monotonic()
             SaltCall(host)("state.apply", "pairvm.vms", timeout=1800)
@@ -87,4 +88,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(quick="--quick" in sys.argv[1:])

@@ -14,6 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# The formula's library, importable as Salt's loader makes it for the formula's modules.
+if str(REPO / "_utils") not in sys.path:
+    sys.path.insert(0, str(REPO / "_utils"))
 
 from saltfactories.plugins.event_listener import EventListener  # noqa: E402
 

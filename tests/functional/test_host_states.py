@@ -28,18 +28,18 @@ import shutil
 import stat
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pairvmlib import defaults, render
 from tests.lab import lvm as lablvm
 from tests.lab import namespaces
-from tests.unit.conftest import REPO, load
-from tests.unit.test_host_render import LAB, LAB_TEXT, SEED, SEED_TEXT
-
-render = load("_utils/pairvm_render.py", "pairvm_render_host_states")
+from tests.unit.conftest import REPO
+from tests.unit.utils.test_network import LAB, LAB_TEXT, SEED, SEED_TEXT
 
 HOST = "hostA"
 PAIR = {"hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
@@ -47,14 +47,15 @@ PAIR = {"hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
 DRBD_OPTIONS = {"resync_rate": "100M", "c_plan_ahead": 0, "connect_int": 2, "shared_secret": "Zm9v+bar/baz="}
 LOOPS = ("a", "b", "c", "d", "e")
 LOOP_MIB = 64
-BOUND = ("/etc/network", "/etc/drbd.d", "/etc/libvirt", "/etc/lvm")
+BOUND = ("/etc/network", "/etc/drbd.d", "/etc/libvirt", "/etc/lvm", "/machines")
 TOOLS = ("unshare", "nsenter", "losetup", "lvm", "mkfs.ext4", "blkid", "wipefs", "ifup", "brctl", "drbdadm",
          "ssh-keygen")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, loop devices)"),
     pytest.mark.skipif(not all(shutil.which(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)}"),
-    pytest.mark.skipif(not all(os.path.isdir(p) for p in BOUND), reason=f"needs the mount points {BOUND}"),
+    pytest.mark.skipif(not all(os.path.isdir(p) for p in BOUND[:-1]),
+                       reason=f"needs the mount points {BOUND}"),
 ]
 
 SETUP = r"""
@@ -66,6 +67,7 @@ mount --bind "$2/etc-network" /etc/network
 mount --bind "$2/etc-drbd.d" /etc/drbd.d
 mount --bind "$2/etc-libvirt" /etc/libvirt
 mount --bind "$2/etc-lvm" /etc/lvm
+mount --bind "$2/machines" /machines
 ip link set lo up
 for link in eth0 eth1 pub0; do
     ip link add "$link" type veth peer name "$link-peer"
@@ -172,8 +174,19 @@ class Host:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def machines_mount_point():
+    """/machines to bind the hosts' own over (the lab's mount points are made the same way)."""
+    made = not os.path.isdir("/machines")
+    if made:
+        os.mkdir("/machines")
+    yield
+    if made:
+        os.rmdir("/machines")
+
+
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(tmp_path_factory, machines_mount_point):
     lablvm.reap_killed_runs(tmp_path_factory.getbasetemp(), "pvhost")
     made = Host(tmp_path_factory.mktemp("pvhost"))
     try:
@@ -197,7 +210,7 @@ def pillar(host, **extra):
     base = host.base
     pairvm = {
         "pair": PAIR, "bridge": "br0", "vms": {"web1": {"home": "hostA", "memory": 128, "disc": "64M"}},
-        "machines_dir": str(base / "machines"), "cli": {"path": str(base / "sbin" / "pairvm")},
+        "cli": {"path": str(base / "sbin" / "pairvm")},
         "volume_groups": ["here", "there", "spare"],
         "host": {"manage_packages": False, "libvirt": {"manage_service": False},
                  "completion": {"path": str(base / "completion" / "pairvm")},
@@ -243,6 +256,82 @@ def test_show_sls_has_every_part_with_template_formula_ids(host):
     assert "pairvm-host-packages-not-managed" in sls and "pairvm-host-libvirt-service" not in sls
 
 
+def test_a_bare_host_renders_its_first_highstate_without_the_libvirt_binding(host, tmp_path):
+    """The highstate installs the binding: rendering it must not need the pairvm module."""
+    blocked = tmp_path / "no-libvirt"
+    blocked.mkdir()
+    (blocked / "libvirt.py").write_text('raise ImportError("blocked: a bare host has no binding yet")\n')
+    host.pillar(pillar(host, volume_groups={"here": [host.loops["a"]]}))
+    host.env["PYTHONPATH"] = str(blocked)
+    try:
+        # the positive control: the pairvm module really is unavailable here
+        assert host.salt("sys.list_functions", "pairvm") == []
+        sls = host.salt("state.show_sls", "pairvm")
+        assert isinstance(sls, dict), sls
+        wanted = {"pairvm-config-global-file", "pairvm-host-drbd-global-common", "pairvm-config-cli"}
+        assert wanted <= set(sls)
+    finally:
+        del host.env["PYTHONPATH"]
+    assert "pairvm.create" in host.salt("sys.list_functions", "pairvm")
+
+
+def test_pillar_text_with_quotes_renders_as_data_not_yaml(host):
+    """A ``"`` or ``: `` in pillar text reaches the states as text (yaml_dquote), never as YAML."""
+    bad_vg, bad_minion = 'x"y: z', 'h"st: x'
+    pairvm = pillar(host, volume_groups={bad_vg: [host.loops["a"]]})
+    host.pillar(pairvm)
+    sls = host.salt("state.show_sls", "pairvm.host.storage")
+    assert isinstance(sls, dict), sls
+    (invalid,) = [sid for sid in sls if sid.endswith("-invalid")]
+    name = next(arg["name"] for arg in sls[invalid]["test"] if isinstance(arg, dict) and "name" in arg)
+    assert name.startswith(f"pillar pairvm:host:volume_groups:{bad_vg} is not one of")
+    host.pillar(dict(pairvm, pair={bad_minion: PAIR["hostA"], "hostB": PAIR["hostB"]}))
+    sls = host.salt("state.show_sls", "pairvm.config")
+    assert isinstance(sls, dict), sls
+    name = next(arg["name"] for arg in sls["pairvm-config-host-in-pair"]["test"]
+                if isinstance(arg, dict) and "name" in arg)
+    assert name == f"minion hostA is not one of pillar pairvm:pair ({bad_minion}, hostB)"
+
+
+def test_packages_put_the_libvirt_binding_into_a_salt_python_of_its_own(host, tmp_path):
+    """Salt's onedir packages and a Salt in a virtualenv do not see Debian's python3-libvirt
+    (saltstack/salt#64291): the state pip-installs the binding into that interpreter.
+
+    A fresh virtualenv without system site-packages stands for it (the lab's Salt runs in
+    one too). Offline: pip takes the wheel scripts/bootstrap built from the pinned sdist."""
+    venv = tmp_path / "salt-python"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import libvirt; print(libvirt.getVersion())"]
+    assert subprocess.run(probe, capture_output=True, check=False).returncode != 0  # not there yet
+    pairvm = pillar(host)
+    installed = ["lvm2", "drbd-utils", "libvirt-dev", "pkg-config", "gcc"]  # already here: apt stays idle
+    pairvm["host"].update(manage_packages=True, packages=installed, salt_python=str(python))
+    host.pillar(pairvm)
+    host.env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(REPO / ".cache" / "wheels"))
+    try:
+        dry = host.apply("pairvm.host.packages", test=True)
+        assert dry["pairvm-host-packages-libvirt-python"]["result"] is None, dry
+        first = host.apply("pairvm.host.packages")
+        second = host.apply("pairvm.host.packages")
+    finally:
+        for key in ("PIP_NO_INDEX", "PIP_FIND_LINKS"):
+            del host.env[key]
+    assert failed(first) == {}, failed(first)
+    assert first["pairvm-host-packages-libvirt-python"]["changes"] == {"libvirt-python==12.8.0": "Installed"}
+    assert subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    assert changed(second) == {}
+
+
+def test_packages_of_a_salt_on_debians_python_need_no_pip(host):
+    pairvm = pillar(host)
+    pairvm["host"].update(manage_packages=True, packages=["lvm2"], salt_python="/usr/bin/python3")
+    host.pillar(pairvm)
+    sls = host.salt("state.show_sls", "pairvm.host.packages")
+    assert set(sls) == {"pairvm-host-packages-installed"}
+    assert "python3-libvirt" in defaults.HOST["packages"]
+
+
 def test_packages_test_mode_lists_what_apt_would_install_and_installs_nothing(host):
     pairvm = pillar(host)
     pairvm["host"]["manage_packages"] = True
@@ -250,8 +339,7 @@ def test_packages_test_mode_lists_what_apt_would_install_and_installs_nothing(ho
     ret = host.apply("pairvm.host.packages", test=True)["pairvm-host-packages-installed"]
     assert ret["result"] in (True, None), ret["comment"]
     missing = set(ret["changes"])
-    assert missing <= set(yaml.safe_load((REPO / "salt/pairvm/parameters/defaults.yaml").read_text())
-                          ["values"]["host"]["packages"])
+    assert missing <= set(defaults.HOST["packages"])
     if missing:
         assert ret["comment"].startswith("The following packages would be installed/updated:")
         listed = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Status}\n", *sorted(missing)],
@@ -467,9 +555,15 @@ def test_full_host_state_converges_and_a_second_apply_changes_nothing(pristine, 
                          "host_key": " ".join(own_host_key)}
     # The host command, /machines/_global and the completion.
     assert os.access(pristine.base / "sbin" / "pairvm", os.X_OK)
-    assert yaml.safe_load((pristine.base / "machines" / "_global").read_text())["peer"] == "hostB"
+    view = json.loads((pristine.base / "machines" / "_global").read_text())
+    assert (view["peer"], view["bridge"]) == ("hostB", "br0")
+    assert view["volume_groups"] == ["here", "there", "spare"]
+    assert view["backup"]["key"] == "/root/.ssh/pairvm_backup"
+    launcher = (pristine.base / "sbin" / "pairvm").read_text()
+    assert f'sys.exit(hostcmd.main(sys.argv[1:], salt_config_dir="{pristine.conf}"))' in launcher
+    assert f'sys.path.insert(0, "{pristine.run_dir}/var/cache/salt/minion/extmods/utils")' in launcher
     completion = (pristine.base / "completion" / "pairvm").read_text()
-    assert f"local dir={pristine.base}/machines path name" in completion
+    assert 'local commands="help list check_system first_time_setup create' in completion
 
     second = pristine.apply("pairvm.host")
     assert failed(second) == {} and changed(second) == {}, changed(second)

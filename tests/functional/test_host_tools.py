@@ -17,6 +17,7 @@
 import inspect
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -24,13 +25,13 @@ import jinja2
 import pytest
 
 import salt.utils.jinja  # noqa: F401 - registers Salt's filters
+from pairvmlib import commands, network, render
 from salt.utils.decorators.jinja import JinjaFilter
 from tests.unit.conftest import REPO, load
-from tests.unit.test_host_render import LAB, SEED, SEED_ARGS
-from tests.unit.test_render import TIMING, sample_record
+from tests.unit.utils.test_network import LAB, SEED, SEED_ARGS
+from tests.unit.utils.test_render import TIMING, sample_record
 
-host = load("_utils/pairvm_host.py", "pairvm_host_tools")
-render = load("_utils/pairvm_render.py", "pairvm_render_host_tools")
+host = network
 
 states = load("_states/pairvm_host.py", "pairvm_host_states_tools")
 
@@ -175,11 +176,14 @@ def test_drbd_check_cmd_rejects_a_broken_global_common(tmp_path):
 # --- bash completion ------------------------------------------------------------------
 
 def render_completion(machines_dir):
-    """Render salt/pairvm/files/pairvm.bash-completion with Salt's Jinja filters."""
+    """Render salt/pairvm/files/pairvm.bash-completion with Salt's Jinja filters, from the
+    command's table as the state does; /machines is the test's own directory here."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     env.filters.update(JinjaFilter.salt_jinja_filters)
     text = (REPO / "salt/pairvm/files/pairvm.bash-completion").read_text()
-    return env.from_string(text).render(machines_dir=str(machines_dir))
+    rendered = env.from_string(text).render(spec=commands.completion_spec())
+    assert rendered.count("/machines/*") == 1
+    return rendered.replace("/machines/*", f"{shlex.quote(str(machines_dir))}/*")
 
 
 @pytest.fixture

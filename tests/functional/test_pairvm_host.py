@@ -1,5 +1,7 @@
 """pairvm's first execution functions and the host command on one real host."""
 
+import json
+
 import pytest
 
 VM1 = """\
@@ -44,13 +46,22 @@ def test_list_rejects_an_unknown_field_by_name(salt_call):
     assert "unknown list field(s) colour" in out
 
 
-def test_health_check_passes_on_a_prepared_host(salt_call):
-    report = salt_call("pairvm.check_system")
-    assert report["ok"], report
-    assert set(report["checks"]) == {"tools", "volume_groups", "bridge", "libvirt"}
+@pytest.fixture(scope="module")
+def configured(salt_call):
+    """This host's view of the pair (/machines/_global), as pairvm.config writes it."""
+    salt_call("state.apply", "pairvm.config")
 
 
-def test_health_check_names_a_missing_volume_group(salt_call, lab_host):
+def test_health_check_passes_on_a_prepared_host_and_names_the_absent_peer(salt_call, configured):
+    """A lab of one host: everything of this host passes; hostB does not exist here."""
+    rc, report = salt_call("pairvm.check_system", check=False)
+    assert rc == 1 and not report["ok"]
+    failing = {name: c["detail"] for name, c in report["checks"].items() if not c["ok"]}
+    assert failing == {"peer": "hostB does not answer ping on: admin 10.77.0.12, replication 10.78.0.12"}
+    assert report["checks"]["addresses"]["detail"] == "10.77.0.11 on eth0, 10.78.0.11 on eth1"
+
+
+def test_health_check_names_a_missing_volume_group(salt_call, lab_host, configured):
     lab_host.run(["vgrename", "there", "elsewhere"])
     try:
         rc, report = salt_call("pairvm.check_system", check=False)
@@ -58,11 +69,12 @@ def test_health_check_names_a_missing_volume_group(salt_call, lab_host):
         lab_host.run(["vgrename", "elsewhere", "there"])
     assert rc == 1
     assert report["checks"]["volume_groups"] == {
-        "ok": False, "detail": "missing volume group(s): there",
+        "ok": False, "detail": "missing volume group(s): there (pillar pairvm:host:volume_groups, or "
+                               "vgcreate VG DEVICE)",
     }
 
 
-def test_health_check_names_libvirt_when_it_does_not_answer(salt_call, lab_host):
+def test_health_check_names_libvirt_when_it_does_not_answer(salt_call, lab_host, configured):
     lab_host.stop_libvirt()
     try:
         rc, report = salt_call("pairvm.check_system", check=False)
@@ -75,8 +87,8 @@ def test_health_check_names_libvirt_when_it_does_not_answer(salt_call, lab_host)
 
 def test_state_writes_this_hosts_view_and_the_host_command(salt_call, lab_host):
     salt_call("state.apply", "pairvm")
-    view = lab_host.run(["cat", "/machines/_global"]).stdout
-    assert "me: hostA" in view and "here_replication_ip: 10.78.0.11" in view
+    view = json.loads(lab_host.run(["cat", "/machines/_global"]).stdout)
+    assert (view["me"], view["here_replication_ip"]) == ("hostA", "10.78.0.11")
     out = lab_host.run(["pairvm", "list"]).stdout
     assert out.splitlines()[0].split()[:3] == ["NAME", "MEM", "DISC"]
 

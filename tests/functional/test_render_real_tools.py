@@ -35,10 +35,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.unit.conftest import load
-from tests.unit.test_render import TIMING, XMLNS, expected_summary, sample_record
-
-render = load("_utils/pairvm_render.py", "pairvm_render")
+from pairvmlib import render
+from tests.unit.utils.test_render import TIMING, XMLNS, expected_summary, sample_record
 
 DRBD_ENV = {"DRBD_DRIVER_VERSION_OVERRIDE": "8.4.11"}
 ADDRESS = {"hostA": "10.78.0.11", "hostB": "10.78.0.12"}
@@ -182,11 +180,26 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_virt_xml_validate_accepts_the_domain(tmp_path, variant):
     path = tmp_path / "domain.xml"
-    path.write_text(render.domain_xml(VARIANTS[variant], options={"digest": "0" * 64}))
+    uuid = "6f0c9e4e-0000-4000-8000-000000000001"  # a domain redefined under its UUID
+    path.write_text(render.domain_xml(VARIANTS[variant], options={"digest": "0" * 64, "uuid": uuid}))
     proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stderr.strip().endswith("validates")
+
+
+@needs_xmllint
+@pytest.mark.parametrize("iso", [None, "/srv/iso/a b&c.iso"])
+def test_virt_xml_validate_accepts_the_cdrom_pairvm_changes_live(tmp_path, iso):
+    """The device of cdrom_xml (what pairvm.cdrom hands updateDeviceFlags), inside a domain."""
+    text = render.domain_xml(sample_record())
+    start, end = text.index("<disk type=\"file\" device=\"cdrom\">"), text.index("</disk>", text.index(
+        "device=\"cdrom\"")) + len("</disk>")
+    path = tmp_path / "domain.xml"
+    path.write_text(text[:start] + render.cdrom_xml(iso) + text[end:])
+    proc = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @needs_xmllint

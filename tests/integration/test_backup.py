@@ -137,8 +137,7 @@ def files():
 
 
 def host_command(lab, minions, host, *args):
-    env = f"PAIRVM_SALT_CONFIG_DIR={minions[host].config_dir}"
-    return lab.hosts[host].run(["env", env, "pairvm", *args], check=False, timeout=300)
+    return lab.hosts[host].run(["pairvm", *args], check=False, timeout=300)
 
 
 def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
@@ -211,8 +210,7 @@ def test_zstd_backup_through_the_host_command_shows_progress(bvm1, lab, minions)
 
 def start_slow_backup(lab, minions, path):
     """The host command backing bvm1 up on hostB at 1 MiB/s, in its own process group."""
-    env = f"PAIRVM_SALT_CONFIG_DIR={minions['hostB'].config_dir}"
-    argv = ["env", env, "pairvm", "backup", "bvm1", dest(path), "1024"]
+    argv = ["pairvm", "backup", "bvm1", dest(path), "1024"]
     proc = subprocess.Popen(lab.hosts["hostB"].argv(argv),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     partial = BACKUP_DIR / f"{path}.partial"

@@ -11,6 +11,7 @@ minion's logs, caches, the master's job cache or the process list.
 import crypt
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -218,9 +219,19 @@ def test_raw_image_from_the_master_reaches_both_hosts_and_the_guest_reads_the_se
 
 
 def host_command(lab, config_dir, *args, stdin=None):
+    """The host command as pairvm.config installed it, but talking to ``config_dir``."""
     host = lab.hosts["hostA"]
-    return subprocess.run(host.argv(["env", f"PAIRVM_SALT_CONFIG_DIR={config_dir}", "pairvm", *args]),
-                          input=stdin, capture_output=True, text=True, timeout=300, check=False)
+    installed = host.root / "usr/local/sbin/pairvm"
+    variant = host.root / "usr/local/sbin/pairvm-test"
+    text = installed.read_text()
+    config = re.search(r'salt_config_dir="([^"]+)"', text)[1]
+    variant.write_text(text.replace(f'salt_config_dir="{config}"', f'salt_config_dir="{config_dir}"'))
+    variant.chmod(0o755)
+    try:
+        return subprocess.run(host.argv(["pairvm-test", *args]), input=stdin, capture_output=True, text=True,
+                              timeout=300, check=False)
+    finally:
+        variant.unlink()
 
 
 def debug_config_dir(minion):

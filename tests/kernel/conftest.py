@@ -23,10 +23,15 @@ VMS = {
 }
 
 
+# The host command, where pairvm.config installs it in a kernel-lab host (a private path).
+HOST_COMMAND = "/var/lib/pairvm/pairvm-command"
+
+
 def pillar():
     data = salt.utils.yaml.safe_load((REPO / "pillar" / "pairvm.sls").read_text())
     pairvm = data["pairvm"]
     pairvm["libvirt_uri"] = "test:///default"
+    pairvm["cli"] = {"path": HOST_COMMAND}  # /usr/local/sbin is the machine's own here
     pairvm["vms"] = {name: {"home": "hostA", "memory": 128, "disc": "64M"} for name in VMS}
     pairvm["allocations"] = {
         name: {"ip": f"10.79.0.{20 + n}", "mac": f"52:54:00:79:00:{20 + n:02x}",
@@ -65,6 +70,7 @@ def write_minion_config(host, tree, pillar_dir):
     (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
     host.salt = saltlab.SaltCall(host, timeout=300)
     host.salt("saltutil.sync_all")
+    host.salt("state.apply", "pairvm.config")  # /machines/_global and the host command, as on a real host
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ the test inside the guests.
 
 import time
 
+from tests.kernel.conftest import HOST_COMMAND
 from tests.kernel.storage import MIB, checksum, events, lv_names, synced, wait_drbd, write_pattern
-from tests.lab.hosts import REPO
 
 # DRBD 8.4 internal meta data on a 96 MiB LV: (capacity & ~7) - md_size_sect, in sectors.
 DATA_96M = (96 * 2048 - (8 + 8 + 64)) * 512
@@ -118,8 +118,7 @@ def test_split_brain_detected_refused_and_resolved_without_losing_anything(kerne
     assert [c.split()[:2] for c in plan["changes"]] == [["lvcreate", "-s"], ["drbdadm", "connect"]]
     assert b.salt("drbd.status", "kvm2")["split_brain"] is True
     # the host command on hostB, then the survivor connects (what the runner does)
-    done = b.run(["python3", str(REPO / "salt/pairvm/files/pairvm"), "split_brain_victim", "kvm2"],
-                 check=False)
+    done = b.run([HOST_COMMAND, "split_brain_victim", "kvm2"], check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "drbdadm connect --discard-my-data kvm2" in done.stdout
     a.salt("drbd.connect", "kvm2")

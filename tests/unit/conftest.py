@@ -1,8 +1,6 @@
 """Unit tier: the formula's modules with Salt's dunders mocked; no daemons."""
 
-import functools
 import importlib.util
-import inspect
 import sys
 from pathlib import Path
 
@@ -20,24 +18,6 @@ def load(path, name):
     spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
-
-
-UTILS = ("pairvm_schema", "pairvm_alloc", "pairvm_render", "pairvm_progress", "pairvm_seed", "pairvm_backup")
-
-
-@functools.cache
-def _util_modules():
-    return tuple((name, load(f"_utils/{name}.py", f"real_{name}")) for name in UTILS)
-
-
-def real_utils():
-    """``__utils__`` made of the real, pure pairvm utils: every public function of each."""
-    return {
-        f"{prefix}.{fname}": func
-        for prefix, module in _util_modules()
-        for fname, func in vars(module).items()
-        if not fname.startswith("_") and inspect.isfunction(func) and func.__module__ == module.__name__
-    }
 
 
 def pair_pillar():
@@ -78,10 +58,8 @@ class FakeClock:
 def loader_mock():
     """Install Salt's dunders on a loaded module: ``loader_mock(module, salt=..)``."""
 
-    def install(module, salt=None, grains=None, opts=None, utils=None):
+    def install(module, salt=None, grains=None, opts=None):
         module.__salt__ = salt or {}
-        if utils is not None:
-            module.__utils__ = utils
         module.__grains__ = grains or {"id": "hostA"}
         module.__opts__ = opts or {}
         module.__context__ = {}

@@ -4,8 +4,8 @@
 # own scheduler: job pairvm-backup-<id> calls pairvm.backup at the job's cron
 # time on both hosts; each host backs up the VMs it should (the replicas of
 # the VMs its peer runs, and its own stopped ones). Jobs of ids no longer in
-# pillar are removed. pairvm.backup_settings validates the pillar first.
-{%- set jobs = salt['pairvm.backup_settings']().schedule %}
+# pillar are removed. pairvm_host.backup_settings validates the pillar first.
+{%- set jobs = salt['pairvm_host.backup_settings']().schedule %}
 {%- set present = salt['schedule.list'](return_yaml=False) or {} %}
 
 {%- for job_id, job in jobs | dictsort %}

@@ -21,8 +21,7 @@ pairvm-host-libvirt-no-autostart:
   pairvm_host.autostart_disabled:
     - name: /etc/libvirt/qemu/autostart
     - vms: {{ pairvm.vms | list | json }}
-    - machines_dir: {{ pairvm.machines_dir }}
-    - uri: {{ pairvm.libvirt_uri }}
+    - uri: {{ pairvm.libvirt_uri | yaml_dquote }}
     - require:
       - sls: {{ tplroot }}.host.packages
 {%- if host.libvirt.manage_service %}

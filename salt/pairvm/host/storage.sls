@@ -27,14 +27,14 @@ include:
 {%-   endif %}
 {%-   if check.problem %}
 
-pairvm-host-storage-{{ vg }}-invalid:
+{{ ("pairvm-host-storage-" ~ vg ~ "-invalid") | yaml_dquote }}:
   test.fail_without_changes:
-    - name: "pillar pairvm:host:volume_groups:{{ vg }} {{ check.problem }}"
+    - name: {{ ("pillar pairvm:host:volume_groups:" ~ vg ~ " " ~ check.problem) | yaml_dquote }}
 {%-   else %}
 
 pairvm-host-storage-{{ vg }}-devices-usable:
   pairvm_host.pvs_usable:
-    - name: {{ vg }}
+    - name: {{ vg | yaml_dquote }}
     - devices: {{ devices | json }}
     - require:
       - sls: {{ tplroot }}.host.packages
@@ -42,7 +42,7 @@ pairvm-host-storage-{{ vg }}-devices-usable:
 
 pairvm-host-storage-{{ vg }}-pv-{{ device | replace('/dev/', '') | replace('/', '-') }}:
   lvm.pv_present:
-    - name: {{ device }}
+    - name: {{ device | yaml_dquote }}
     # -qq instead of --yes: pvcreate itself refuses to wipe a signature too.
     - force: false
     - require:
@@ -53,7 +53,7 @@ pairvm-host-storage-{{ vg }}-pv-{{ device | replace('/dev/', '') | replace('/', 
 
 pairvm-host-storage-{{ vg }}-vg:
   lvm.vg_present:
-    - name: {{ vg }}
+    - name: {{ vg | yaml_dquote }}
     - devices: {{ devices | json }}
     - require:
       - pairvm_host: pairvm-host-storage-{{ vg }}-devices-usable

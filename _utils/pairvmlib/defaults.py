@@ -1,0 +1,66 @@
+"""Every default of pillar ``pairvm:``, in one place.
+
+The schema fills them in (``pairvmlib.schema``), the SLS files get them
+through ``salt['pairvm_host.defaults']()`` (``salt/pairvm/map.jinja``), and
+``pillar.example`` documents each key. Standard library only.
+"""
+
+import copy
+
+SETTINGS = {
+    "pair": {},
+    "drbd": {"port_range": [7800, 7999], "minor_range": [0, 199]},
+    "vnc": {"display_range": [1, 99]},
+    "mac_prefix": "52:54:00",
+    "bridge": "br0",
+    "memory_cap": 0,
+    "domain_type": "kvm",
+    "libvirt_uri": "qemu:///system",
+    "volume_groups": ["here", "there"],
+    "vms": {},
+}
+POOL = {"reserve_first": 4, "reserved": []}
+BACKUP = {
+    "key": "/root/.ssh/pairvm_backup",
+    "known_hosts": "/root/.ssh/known_hosts",
+    "port": 22,
+    "speed": 10240,  # KiB/s
+    "compress": "gzip",
+    "snapshot_size": "20%",
+    "schedule": {},
+}
+# Host setup (salt/pairvm/host); docs/host-pillar.md documents each key.
+HOST = {
+    "manage_packages": True,
+    "packages": [
+        "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
+        "drbd-utils", "kmod", "lvm2", "bridge-utils", "iproute2", "ifupdown", "vlan", "socat", "pigz",
+        "zstd", "pv", "iputils-arping", "openssh-server", "openssh-client", "genisoimage",
+        "bash-completion",
+    ],
+    # The libvirt binding in Salt's own Python, when that is not Debian's (onedir
+    # packages, a virtualenv): built by pip with these Debian packages.
+    "libvirt_python": "libvirt-python==12.8.0",
+    "build_packages": ["libvirt-dev", "pkg-config", "gcc"],
+    "salt_python": None,  # the interpreter to install it into; default the minion's own
+    "network": {"file": "/etc/network/interfaces.d/pairvm", "apply": True, "admin": None,
+                "replication": None, "vlans": {}, "bridge": None},
+    "volume_groups": {},
+    "libvirt": {"manage_service": True, "service": "libvirtd"},
+    "ssh": {
+        "key_file": "/root/.ssh/id_ed25519",
+        "authorized_keys": "/root/.ssh/authorized_keys",
+        "known_hosts": "/root/.ssh/known_hosts",
+        "host_key": "/etc/ssh/ssh_host_ed25519_key.pub",
+        "key_options": ["no-agent-forwarding", "no-port-forwarding", "no-X11-forwarding"],
+        "peer_keys": {},
+    },
+    "completion": {"path": "/etc/bash_completion.d/pairvm"},
+    "hosts": {},
+}
+CLI = {"path": "/usr/local/sbin/pairvm"}
+
+
+def pillar():
+    """The defaults of the whole pillar ``pairvm:``, a fresh copy (map.jinja merges pillar over it)."""
+    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI})

@@ -1,0 +1,451 @@
+"""The host command ``pairvm``: the old tool's commands on a host, through Salt.
+
+``pairvm COMMAND [ARG...]`` runs the execution function the command's entry
+in ``pairvmlib.commands`` names, through ``salt-call --local`` (so it works
+while the master is down; ``create`` and ``image`` need the master's pillar),
+and prints its result for a person. ``pairvm help`` lists the commands,
+``pairvm help COMMAND`` shows one with its function's docstring.
+
+The command itself (``salt/pairvm/files/pairvm``, installed by the state
+``pairvm.config``) only puts the minion's synced ``_utils`` on ``sys.path``
+and calls ``main``. Standard library only: it runs with the system's Python.
+
+Exit status: 0 done, 1 the operation failed or refused (its message says
+why), 2 wrong usage (nothing was run).
+
+Safety: salt-call gets an argv list, never a shell string. Every argument is
+``key=value`` with the key chosen by the table; values are checked first (VM
+names against the naming rule, no leading ``-``, no control characters),
+string values are listed in ``--no-parse`` so Salt passes them verbatim, and
+``--`` ends salt-call's own options before the function name.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+from pairvmlib import layout, machines, progress
+from pairvmlib.commands import COMMANDS, LATER, Usage, parse, plain, summary
+from pairvmlib.errors import PairvmError
+
+CONSOLE_BANNER = "Connected to {name}'s serial console; press Ctrl+] to leave."
+SETUP_INTRO = (
+    "Host setup is a Salt state. On the master, run:\n\n"
+    "    salt {minion} state.apply pairvm.host\n\n"
+    "It installs and configures what a pairvm host needs, and can be re-run at any time.\n"
+    "Checking this host against {view}, which that state writes:\n"
+)
+
+
+class Failed(Exception):
+    """The function failed or refused: print its message, exit 1."""
+
+
+# --- the password of ``image`` ----------------------------------------------------------------
+
+
+PLAINTEXT_WARNING = (
+    "pairvm: warning: a password typed on the command line is visible to every user in the "
+    "process list (ps) while pairvm runs, and stays in your shell history; leave it out to be "
+    "prompted, or give - and send it on stdin"
+)
+
+
+def sha512_crypt(password):
+    """The SHA-512 crypt hash ($6$...) of ``password``: Python's crypt, else ``openssl passwd -6``."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # removed in Python 3.13
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+    except ImportError:
+        pass
+    try:  # the password goes on stdin, never into an argv
+        proc = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n",
+                              capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise Failed(f"cannot hash the password: no crypt module and no openssl ({exc.strerror})") from exc
+    if proc.returncode != 0 or not proc.stdout.startswith("$6$"):
+        raise Failed(f"openssl passwd -6 failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def read_password(given, stdin=None):
+    """The password hash for ``image``: ``given`` as it is if already a $6$ hash; else
+    the plaintext given (with a warning), typed at a prompt, or read from stdin."""
+    stdin = stdin or sys.stdin
+    if given is not None and given.startswith("$6$"):
+        return given
+    if given is not None and given != "-":
+        print(PLAINTEXT_WARNING, file=sys.stderr)
+        password = given
+    elif stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("root password for the guest: ")
+        if getpass.getpass("again: ") != password:
+            raise Usage("the two passwords differ")
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        raise Usage("empty password")
+    return sha512_crypt(password)
+
+
+
+# --- formatters: result -> text --------------------------------------------------------------
+
+COLUMNS = (
+    ("name", "NAME"), ("memory", "MEM"), ("disc", "DISC"), ("running", "RUN"),
+    ("location", "WHERE"), ("vnc_display", "VNC"), ("drbd_connection", "DRBD"),
+    ("drbd_disk", "DISK"), ("mac", "MAC"), ("ip", "IP"),
+)
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def format_list(result):
+    """The old tool's table: one VM a line, aligned columns, then RAM totals."""
+    rows = result["vms"]
+    keys = [k for k, _ in COLUMNS if not rows or k in rows[0]]
+    titles = dict(COLUMNS)
+    table = [[titles[k] for k in keys]] + [[_cell(r[k]) for k in keys] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(keys))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table]
+    if not rows:
+        lines.append("(no VMs on this host)")
+    mem = result["memory"]
+    cap = mem.get("cap") or "none"
+    lines.append(
+        f"RAM here: {mem['here']} MiB  there: {mem['there']} MiB  "
+        f"running here: {mem['running']} MiB  cap: {cap}"
+    )
+    return "\n".join(lines)
+
+
+def format_setup(result):
+    """first_time_setup: the checks, then what to do."""
+    failed = sum(1 for check in result["checks"].values() if not check["ok"])
+    if failed:
+        ending = (f"{failed} check{'s' if failed > 1 else ''} failed: this host is NOT ready for pairvm. "
+                  "Fix what failed, then run `pairvm first_time_setup` again.")
+    else:
+        ending = "all checks passed: this host is ready for pairvm."
+    return format_check(result).rsplit("\n", 1)[0] + "\n\n" + ending
+
+
+def format_check(result):
+    lines = [
+        f"{'ok  ' if c['ok'] else 'FAIL'}  {name:<14} {c['detail']}"
+        for name, c in result["checks"].items()
+    ]
+    lines.append("host is ready for pairvm" if result["ok"] else "host is NOT ready for pairvm")
+    return "\n".join(lines)
+
+
+def format_changes(result):
+    """What a mutating function did, one indented line each, then its comment."""
+    comment = result.get("comment") or ""
+    if not result["changes"]:
+        name = result.get("name") or "pairvm"
+        return f"{name}: nothing to do ({comment})" if comment else f"{name}: nothing to do"
+    return "\n".join([f"  {change}" for change in result["changes"]] + ([comment] if comment else []))
+
+
+def format_autostart(result):
+    """Autostart acts on every VM: ``{vm: {"changes", "comment"}}``, one block each."""
+    if "changes" in result:  # one result for the host, like the other commands
+        return format_changes(result)
+    lines = []
+    for vm, each in result.items():
+        comment = each.get("comment") or ""
+        lines.append(f"{vm}: {comment or 'done'}" if each["changes"] else f"{vm}: nothing to do ({comment})")
+        lines += [f"  {change}" for change in each["changes"]]
+    return "\n".join(lines) or "autostart: no VMs on this host"
+
+
+def format_cdrom(result):
+    lines = [f"  {change}" for change in result.get("changes") or []]
+    cdrom = f"cdrom {result['cdrom']}" if result["cdrom"] else "no cdrom"
+    lines.append(f"{result['name']}: {cdrom}")
+    return "\n".join(lines)
+
+
+def format_backup(result):
+    """One VM: its changes and figures; all: one line per VM."""
+    if "vms" not in result:
+        out = format_changes(result)
+        if "sha256" in result:
+            out += (f"\n{result['bytes']} bytes read, {result['sent']} sent in {result['seconds']} s, "
+                    f"sha256 {result['sha256']}")
+        return out
+    lines = []
+    for vm, report in sorted(result["vms"].items()):
+        state = {True: "ok", False: "FAILED", None: "skipped"}[report["result"]]
+        detail = report.get("destination") or report.get("comment", "")
+        lines.append(f"{vm:<12}  {state:<7}  {detail}")
+    return "\n".join([*lines, result["comment"]])
+
+
+def format_verify(result):
+    return result["comment"]
+
+
+def format_text(result):
+    return str(result).rstrip("\n")
+
+
+
+# --- running salt-call ------------------------------------------------------------------------
+
+
+def salt_argv(function, kwargs, local=True, config_dir="/etc/salt"):
+    """The salt-call argv: every argument ``key=value``, string values not YAML-parsed."""
+    for key, value in kwargs.items():
+        if isinstance(value, str) and (value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value)):
+            raise Usage(f"refusing {key} value {value!r} (leading '-' or a control character)")
+    strings = [k for k, v in kwargs.items() if isinstance(v, str)]
+    return [
+        "salt-call", *(["--local"] if local else []), f"--config-dir={config_dir}", "--out=json",
+        "--retcode-passthrough", "--log-level=quiet",
+        *([f"--no-parse={','.join(strings)}"] if strings else []),
+        "--", function, *(f"{k}={v}" for k, v in kwargs.items()),
+    ]
+
+
+def error_message(function, stderr):
+    """The function's own message out of what salt-call printed when it failed."""
+    text = stderr.strip()
+    prefix = f"Error running '{function}': "
+    if prefix in text:
+        return text.split(prefix, 1)[1].strip()
+    if "Passed invalid arguments: " in text:  # salt adds a full stop, then the docstring
+        return text.split("Passed invalid arguments: ", 1)[1].split("\n\nUsage:")[0].strip()[:-1]
+    last = text.splitlines()[-1] if text else f"{function} failed and said nothing"
+    if "Traceback (most recent call last)" in text:
+        return f"{function} crashed: {last}"
+    if last.endswith("is not available."):  # warnings may come before it
+        return f"{last} Are the formula's modules synced (salt HOST saltutil.sync_all)?"
+    return text or last
+
+
+def show_progress(stream, out=sys.stderr):
+    """Copy progress lines from the function's stderr to the terminal; return the rest."""
+    rest = []
+    for text in stream:
+        if text.startswith(progress.PREFIX):
+            line = text[len(progress.PREFIX):].rstrip("\n")
+            out.write(f"\r\033[K{line}" if out.isatty() else f"{line}\n")
+            out.flush()
+        else:
+            rest.append(text)
+    if out.isatty():
+        out.write("\n")
+    return "".join(rest)
+
+
+def run_showing_progress(argv):
+    """subprocess.run(argv) that shows the progress lines the function writes on stderr."""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        stdout = []
+        reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()))
+        reader.start()
+        stderr = show_progress(proc.stderr)
+        reader.join()
+        return subprocess.CompletedProcess(argv, proc.wait(), "".join(stdout), stderr)
+
+
+def salt_call(function, kwargs, config_dir, progress=False, local=True):
+    """Run one execution function (``local``: without the master); return (retcode, result)
+    or raise Failed."""
+    argv = salt_argv(function, kwargs, local, config_dir)
+    try:
+        if progress:
+            proc = run_showing_progress(argv)
+        else:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise Failed(f"cannot run salt-call: {exc.strerror}") from exc
+    try:
+        result = json.loads(proc.stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        raise Failed(error_message(function, proc.stderr)) from None
+    if proc.returncode and isinstance(result, str):
+        raise Failed(result)
+    return proc.returncode, result
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+
+def docstrings(config_dir):
+    """{function: docstring} of every ``pairvm.*`` function (one ``sys.doc``), or {} when
+    Salt cannot say (modules not synced)."""
+    try:
+        rc, docs = salt_call("sys.doc", {"name": "pairvm"}, config_dir)
+    except (Failed, Usage):
+        return {}
+    return docs if rc == 0 and isinstance(docs, dict) else {}
+
+
+def description(doc):
+    """A docstring without its ``CLI Example`` block, dedented."""
+    text = (doc or "").split("CLI Example:")[0]
+    lines = text.strip("\n").splitlines()
+    indent = min((len(line) - len(line.lstrip()) for line in lines[1:] if line.strip()), default=0)
+    text = "\n".join([lines[0].strip()] + [line[indent:] for line in lines[1:]]).strip() if lines else ""
+    return plain(text)
+
+
+def usage(command=None, docs=None):
+    docs = docs or {}
+    if command in COMMANDS:
+        entry = COMMANDS[command]
+        lines = [f"usage: pairvm {entry.synopsis}"]
+        lines += [f"  {flag.name:<18} {', '.join(f'{k}={v}' for k, v in flag.sets.items())}"
+                  for flag in entry.flags if flag.sets]
+        if not entry.function:
+            return "\n".join([*lines, "", entry.summary])
+        doc = docs.get(entry.function)
+        lines += ["", description(doc)] if doc else []
+        where = "through the master" if entry.master else "on this host, without the master"
+        lines += ["", f"(Runs {entry.function} {where}; `salt HOST {entry.function}` does the same "
+                      f"from the master.)"]
+        return "\n".join(lines)
+    if command in LATER:
+        return not_yet(command)
+    lines = ["usage: pairvm COMMAND [ARG...]", ""]
+    for entry in COMMANDS.values():
+        text = entry.summary or summary(docs.get(entry.function))
+        lines += [f"  {entry.synopsis}", *([f"      {text}"] if text else [])]
+    lines += ["", "not yet available in this version:"]
+    lines += [f"  {name:<16} {what}" for name, (what, _) in LATER.items()]
+    lines += ["", "`pairvm help COMMAND` explains one command."]
+    return "\n".join(lines)
+
+
+def unknown(command):
+    return f"unknown command {command!r}; `pairvm help` lists them"
+
+
+def not_yet(command):
+    what, instead = LATER[command]
+    hint = f"; use {instead} instead" if instead else ""
+    return f"{command} ({what}) is not available yet in this version{hint}"
+
+
+# --- what some commands do on the host itself -------------------------------------------------
+
+
+def local_help(kwargs, config_dir, given):
+    command = kwargs.get("command")
+    if command and command not in COMMANDS and command not in LATER:
+        raise Usage(unknown(command))
+    print(usage(command, docstrings(config_dir)))
+    return 0
+
+
+def local_first_time_setup(kwargs, config_dir, given):
+    view = _view()
+    minion = _minion_id(config_dir) or view.get("me") or "HOST"
+    print(SETUP_INTRO.format(minion=minion, view=layout.global_path()))
+    return None
+
+
+def local_serial(kwargs, config_dir, given):
+    if "--log" in given:
+        return None
+    name = kwargs["name"]
+    uri = _view().get("libvirt_uri", "qemu:///system")
+    print(CONSOLE_BANNER.format(name=name), flush=True)
+    try:
+        os.execvp("virsh", ["virsh", "-c", uri, "console", name])
+    except OSError as exc:
+        raise Failed(f"cannot run virsh: {exc.strerror}") from exc
+
+
+def local_image(kwargs, config_dir, given):
+    kwargs["password"] = read_password(kwargs.get("password"))
+    return None
+
+
+def _view():
+    try:
+        return machines.read_global()
+    except PairvmError:
+        return {}
+
+
+def _minion_id(config_dir):
+    try:
+        with open(os.path.join(config_dir, "minion_id"), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+LOCAL = {"help": local_help, "first_time_setup": local_first_time_setup, "image": local_image,
+         "serial": local_serial}
+SHOW = {"changes": format_changes, "list": format_list, "check": format_check, "setup": format_setup,
+        "cdrom": format_cdrom, "autostart": format_autostart, "backup": format_backup,
+        "verify": format_verify, "text": format_text}
+
+
+def prepare(command, args, config_dir):
+    """The keyword arguments of ``pairvm COMMAND ARGS`` for its function, after what the
+    command does on the host itself (prompting, ...); an exit code when that was all."""
+    kwargs, given = parse(command, args)
+    if command.local:
+        done = LOCAL[command.local](kwargs, config_dir, given)
+        if done is not None:
+            return done
+    return kwargs
+
+
+def main(argv, salt_config_dir="/etc/salt"):
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    name, args = argv[0], argv[1:]
+    if name in ("-h", "--help"):
+        name = "help"
+    if name in LATER:
+        print(f"pairvm: {not_yet(name)}", file=sys.stderr)
+        return 2
+    if name not in COMMANDS:
+        print(f"pairvm: {unknown(name)}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    if "-h" in args or "--help" in args:
+        print(usage(name, docstrings(salt_config_dir)))
+        return 0
+    try:
+        kwargs = prepare(command, args, salt_config_dir)
+        if isinstance(kwargs, int):
+            return kwargs
+        rc, result = salt_call(command.function, kwargs, salt_config_dir, progress=command.progress,
+                               local=not command.master)
+    except Usage as exc:
+        print(f"pairvm: {exc}\nusage: pairvm {command.synopsis}", file=sys.stderr)
+        return 2
+    except Failed as exc:
+        print(f"pairvm: {exc}", file=sys.stderr)
+        return 1
+    try:
+        out = SHOW[command.show](result)
+    except (KeyError, TypeError, AttributeError):  # not the shape we know: show it raw
+        out = json.dumps(result, indent=2)
+    if out:
+        print(out)
+    return 0 if rc == 0 else 1

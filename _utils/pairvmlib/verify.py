@@ -1,0 +1,236 @@
+"""``salt-run pairvm.verify``'s analysis: findings from both hosts' facts.
+
+Pure (no I/O): the runner gathers one ``pairvm.facts`` answer per host
+(``None`` for a host that did not answer) and the registry, and this module
+turns them into findings with stable codes (docs/verify.md), like
+``gnt-cluster verify``.
+"""
+
+from pairvmlib import alloc
+
+CODES = {
+    "EHOSTDOWN": "a host of the pair did not answer pairvm.facts",
+    "EQUERYFAILED": "a query on a host (DRBD, libvirt, LVM, a /machines file) or the registry failed",
+    "EVMMISSING": "a VM of pillar/registry is not defined on a host (/machines/<vm> or its LV)",
+    "EVMUNKNOWN": "a VM is on a host (/machines, DRBD or LV) but not in pillar/registry",
+    "EMACHINESDIFF": "/machines/<vm> differs between the hosts (sha256 of the file bytes)",
+    "EDRBDSPLITBRAIN": "DRBD resource StandAlone with a local disc: split brain",
+    "EDRBDDISCONNECTED": "DRBD resource down or not Connected",
+    "EDRBDNOTUPTODATE": "DRBD disc on a host not UpToDate",
+    "EVMRUNNINGTWICE": "VM running on both hosts",
+    "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
+    "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
+    "EMEMCAP": "the pair's VM memory is over pairvm:memory_cap",
+    "EALLOCCOLLISION": "the registry gives one value (IP, MAC, port, minor, display) to two VMs",
+    "ETOOLMISSING": "a required tool is missing on a host",
+    "EVGMISSING": "a volume group (here/there) is missing on a host",
+    "EBRIDGEMISSING": "a bridge the VMs use is missing on a host",
+}
+VNC_LOCAL = "127.0.0.1"
+
+
+def finding(severity, code, vm, host, message):
+    return {"severity": severity, "code": code, "vm": vm, "host": host, "message": message}
+
+
+def line(found):
+    vm, host = found["vm"], found["host"]
+    where = f"{vm}@{host}" if vm and host else vm or (f"@{host}" if host else "pair")
+    return f"{found['severity']} {found['code']} {where}: {found['message']}"
+
+
+def host_checks(host, fact, settings, bridges):
+    """What one host's facts say about the host itself: queries, tools, VGs, bridges."""
+    found = []
+    for query, message in sorted((fact.get("errors") or {}).items()):
+        vm = query.split("/", 1)[1] if query.startswith("machines/") else None
+        found.append(finding("ERROR", "EQUERYFAILED", vm, host, f"{query}: {message}"))
+    for name, machine in sorted(fact["machines"].items()):
+        if machine.get("error"):
+            found.append(finding("ERROR", "EQUERYFAILED", name, host,
+                                  f"/machines/{name} is unreadable: {machine['error']}"))
+    if fact["tools_missing"]:
+        found.append(finding("ERROR", "ETOOLMISSING", None, host,
+                              "missing: " + ", ".join(fact["tools_missing"])
+                              + " (salt " + host + " state.apply pairvm.host installs them)"))
+    if "volume_groups" not in (fact.get("errors") or {}):
+        for vg in settings["volume_groups"]:
+            if vg not in fact["volume_groups"]:
+                found.append(finding("ERROR", "EVGMISSING", None, host,
+                                      f"volume group {vg} does not exist (vgcreate {vg} on a disc)"))
+    for bridge in sorted(bridges):
+        if not fact["bridges"].get(bridge, {}).get("present"):
+            found.append(finding("ERROR", "EBRIDGEMISSING", None, host,
+                                  f"bridge {bridge} does not exist: VMs using it cannot start here"))
+    return found
+
+
+def _present(fact, volume_groups):
+    """{vm: [where]} of what a host holds of each VM: /machines file, DRBD resource, LV."""
+    where = {}
+    for name in fact["machines"]:
+        where.setdefault(name, []).append(f"/machines/{name}")
+    for name in fact["drbd"]:
+        where.setdefault(name, []).append(f"DRBD resource {name}")
+    for lv in fact["lvs"]:
+        vg, _, name = lv.partition("/")
+        if vg in volume_groups:
+            where.setdefault(name, []).append(f"LV {lv}")
+    return where
+
+
+def vm_host_checks(host, fact, expected, settings):
+    """One host's view of each VM: missing, unknown, its disc, DRBD, VNC."""
+    found = []
+    machines, errors = fact["machines"], fact.get("errors") or {}
+    for name in sorted(expected):
+        if f"machines/{name}" in errors:  # unreadable: EQUERYFAILED says so
+            continue
+        if name not in machines:
+            found.append(finding("ERROR", "EVMMISSING", name, host,
+                                  f"/machines/{name} does not exist: the VM is not defined here "
+                                  f"(salt-run state.orchestrate pairvm.orch.apply)"))
+            continue
+        vg = machines[name].get("vg")
+        if vg and "lvs" not in errors and f"{vg}/{name}" not in fact["lvs"]:
+            found.append(finding("ERROR", "EVMMISSING", name, host,
+                                  f"its disc LV {vg}/{name} does not exist"))
+    for name, where in sorted(_present(fact, settings["volume_groups"]).items()):
+        if name not in expected:
+            found.append(finding("WARNING", "EVMUNKNOWN", name, host,
+                                  f"not in pillar or the registry, but here: {', '.join(where)}"))
+    if "drbd" not in errors:
+        for name in sorted(machines):
+            found += _drbd_checks(host, name, fact["drbd"].get(name))
+    for name, listen in sorted(fact["vnc"].items()):
+        if listen is not None and listen != VNC_LOCAL:
+            found.append(finding("ERROR", "EVNCNOTLOCAL", name, host,
+                                  f"VNC listens on {listen}, not {VNC_LOCAL}: anyone who reaches it "
+                                  f"sees the console; restart the VM with pairvm (stop, start)"))
+    return found
+
+
+def _drbd_checks(host, name, state):
+    if not state:
+        return [finding("ERROR", "EDRBDDISCONNECTED", name, host,
+                         f"DRBD resource {name} is not up (drbdadm up {name}, or pairvm autostart)")]
+    found = []
+    if state.get("split_brain"):
+        found.append(finding("ERROR", "EDRBDSPLITBRAIN", name, host,
+                              f"DRBD resource {name} is StandAlone with its disc {state.get('disk')}: "
+                              f"split brain; nothing was discarded: choose the side whose changes to "
+                              f"drop (salt-run pairvm.split_brain_victim {name} HOST)"))
+    elif state.get("connection") != "Connected":
+        found.append(finding("ERROR", "EDRBDDISCONNECTED", name, host,
+                              f"DRBD resource {name} is {state.get('connection')}, not Connected: "
+                              f"writes are not replicated to the peer"))
+    if state.get("disk") != "UpToDate":
+        syncing = f" (resync: {state.get('replication')})" if state.get("syncing") else ""
+        found.append(finding("ERROR", "EDRBDNOTUPTODATE", name, host,
+                              f"DRBD disc of {name} is {state.get('disk')}, not UpToDate{syncing}"))
+    return found
+
+
+def pair_checks(facts, expected, wanted_state):
+    """What needs both hosts' facts: /machines digests, where each VM runs."""
+    (host_a, fact_a), (host_b, fact_b) = sorted(facts.items())
+    found = []
+    for name in sorted(set(fact_a["machines"]) & set(fact_b["machines"])):
+        digest_a, digest_b = fact_a["machines"][name]["digest"], fact_b["machines"][name]["digest"]
+        if digest_a != digest_b:
+            found.append(finding("ERROR", "EMACHINESDIFF", name, None,
+                                  f"/machines/{name} differs: {host_a} sha256 {digest_a[:12]}, "
+                                  f"{host_b} sha256 {digest_b[:12]} (edited by hand? re-apply pairvm.vms)"))
+    if any("libvirt" in (fact.get("errors") or {}) for fact in facts.values()):
+        return found  # where the VMs run is not known: EQUERYFAILED says why
+    known = expected | set(fact_a["machines"]) | set(fact_b["machines"])
+    running = {host: set(fact["running"]) & known for host, fact in facts.items()}
+    for name in sorted(running[host_a] & running[host_b]):
+        found.append(finding("ERROR", "EVMRUNNINGTWICE", name, None,
+                              f"running on both {host_a} and {host_b}: both write to the disc; "
+                              f"stop it on one host at once"))
+    for name in sorted(expected):
+        state, suppressed, home = wanted_state(name)
+        defined = name in fact_a["machines"] or name in fact_b["machines"]
+        if state != "running" or not defined or name in running[host_a] | running[host_b]:
+            continue
+        if suppressed:
+            found.append(finding("WARNING", "EVMNOTRUNNING", name, home,
+                                  "should run (state running) but runs on neither host; it is suppressed "
+                                  "from autostart"))
+        else:
+            found.append(finding("ERROR", "EVMNOTRUNNING", name, home,
+                                  f"should run (state running) but runs on neither host "
+                                  f"(pairvm start {name} on {home or 'its home'})"))
+    return found
+
+
+def wanted(definitions, facts):
+    """A function: VM name -> (state, suppressed, home), from pillar, else from a host's record."""
+
+    def wanted_state(name):
+        records = [f["machines"][name] for f in facts.values() if f and name in f["machines"]]
+        definition = definitions.get(name) or (records[0] if records else {})
+        home = definition.get("home")
+        suppressed = bool(definition.get("suppress")) or any(
+            name in (f.get("suppressed") or []) for h, f in facts.items() if f and h == home
+        )
+        return definition.get("state", "running"), suppressed, home
+
+    return wanted_state
+
+
+def memory_check(settings, definitions, facts):
+    cap = settings.get("memory_cap") or 0
+    memory = {name: d["memory"] for name, d in definitions.items()}
+    for fact in facts.values():
+        for name, machine in (fact or {}).get("machines", {}).items():
+            if name not in memory and isinstance(machine.get("memory"), int):
+                memory[name] = machine["memory"]
+    total = sum(memory.values())
+    if cap <= 0 or total <= cap:
+        return []
+    return [finding("ERROR", "EMEMCAP", None, None,
+                     f"the pair's {len(memory)} VMs total {total} MiB of memory, over "
+                     f"pairvm:memory_cap {cap} MiB")]
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def result(findings):
+    order = {"ERROR": 0, "WARNING": 1}
+    findings = sorted(findings, key=lambda f: (order[f["severity"]], f["code"], f["vm"] or "",
+                                               f["host"] or "", f["message"]))
+    errors = sum(1 for f in findings if f["severity"] == "ERROR")
+    warnings = len(findings) - errors
+    result = {
+        "ok": errors == 0,
+        "summary": f"{_count(errors, 'error')}, {_count(warnings, 'warning')}",
+        "lines": [line(f) for f in findings],
+        "findings": findings,
+        "retcode": 1 if errors else 0,
+    }
+    return result
+
+
+
+
+def analyse(settings, definitions, registry, facts, bridges):
+    """Every finding about a pair: its settings and definitions (pillar), the
+    ``registry`` (None when it could not be read), ``facts`` ({host: the
+    host's ``pairvm.facts`` or None when it did not answer}) and the
+    ``bridges`` the VMs use."""
+    findings = [finding("ERROR", "EALLOCCOLLISION", None, None, message)
+                for message in alloc.collisions(registry or {"vms": {}})]
+    known = (registry.get("vms") or {}) if isinstance(registry, dict) else {}
+    expected = set(definitions) | set(known)
+    for host, fact in facts.items():
+        if fact is not None:
+            findings += host_checks(host, fact, settings, bridges)
+            findings += vm_host_checks(host, fact, expected, settings)
+    if all(fact is not None for fact in facts.values()):
+        findings += pair_checks(facts, expected, wanted(definitions, facts))
+    findings += memory_check(settings, definitions, facts)
+    return findings

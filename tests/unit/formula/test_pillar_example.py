@@ -1,0 +1,39 @@
+"""The documented pillar and the lab's pillar are valid for the formula's schema."""
+
+import yaml
+
+from pairvmlib import defaults, images, network, schema
+from tests.unit.conftest import REPO
+
+
+def test_pillar_example_is_valid_and_documents_every_vm_key():
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    schema.settings(pairvm)
+    vm = schema.vms(pairvm)["web1"]
+    documented = set(yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]["vms"]["web1"])
+    assert documented | {"disc_mib"} >= set(vm) - {"disc"}
+
+
+def test_pillar_example_image_catalogue_and_guest_keys_are_valid():
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    assert set(images.catalogue(pairvm)) == {"bookworm", "rescue"}
+    assert len(images.guest_ssh_keys(pairvm)) == 1
+
+
+def test_the_lab_pillar_is_valid():
+    pairvm = yaml.safe_load((REPO / "pillar" / "pairvm.sls").read_text())["pairvm"]
+    assert set(schema.settings(pairvm)["pair"]) == {"hostA", "hostB"}
+
+
+def test_pillar_example_host_network_renders_the_seed_interfaces():
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    me = pairvm["pair"]["hostA"]
+    text = network.interfaces(pairvm["host"]["network"], me["admin_ip"], me["replication_ip"])
+    assert "iface br0" in text and "vlan1000" in text and "iface eth1" in text
+
+
+def test_pillar_example_documents_every_default_key():
+    """pillar.example shows each top-level key of the defaults, and the backup settings."""
+    pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
+    assert set(defaults.pillar()) - {"cli"} <= set(pairvm)
+    assert set(defaults.BACKUP) <= set(pairvm["backup"])

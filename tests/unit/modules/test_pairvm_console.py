@@ -1,0 +1,163 @@
+"""_modules/pairvm_console.py against the fake host: cdrom, serial, monitor, print_ssh_forwards."""
+
+import xml.etree.ElementTree as ET
+from unittest import mock
+
+import libvirt
+import libvirt_qemu
+import pytest
+
+from pairvmlib import render
+from salt.exceptions import CommandExecutionError
+from tests.unit.fakehost import MODULES, LibvirtDomain, drbd_state
+
+pairvm = MODULES["pairvm_console"]
+
+
+# --- cdrom --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def iso(tmp_path):
+    path = tmp_path / "iso" / "debian.iso"
+    path.parent.mkdir()
+    path.write_bytes(b"\0" * 16)
+    return str(path)
+
+
+@pytest.mark.parametrize("bad", ["iso/debian.iso", "/srv/../etc/shadow", "debian.iso"])
+def test_cdrom_refuses_a_relative_path_or_dotdot(host, bad):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    with pytest.raises(CommandExecutionError, match="absolute path without '..'"):
+        pairvm.cdrom("vm1", iso=bad)
+    assert host.actions() == []
+
+
+def test_cdrom_refuses_a_missing_file(host, tmp_path):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    with pytest.raises(CommandExecutionError, match="does not exist on hostA"):
+        pairvm.cdrom("vm1", iso=str(tmp_path / "nope.iso"))
+    assert host.actions() == []
+
+
+@pytest.mark.parametrize("domain", [None, "defined"])
+def test_cdrom_refuses_a_vm_that_is_not_running(host, iso, domain):
+    host.install("vm1", drbd=drbd_state(), domain=domain)
+    with pytest.raises(CommandExecutionError, match="vm1 is not running on hostA"):
+        pairvm.cdrom("vm1", iso=iso)
+    assert host.actions() == []
+
+
+def test_cdrom_inserts_into_the_running_vm(host, iso):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    assert pairvm.cdrom("vm1")["cdrom"] is None
+    ret = pairvm.cdrom("vm1", iso=iso)
+    assert ret["cdrom"] == iso and ret["changes"] == [f"virsh change-media vm1 hdc --insert {iso}"]
+    [(xml, flags)] = host.domains["vm1"].device_updates
+    assert flags == libvirt.VIR_DOMAIN_AFFECT_LIVE
+    disk = ET.fromstring(xml)
+    assert (disk.tag, disk.get("device")) == ("disk", "cdrom")
+    assert disk.find("source").get("file") == iso
+    assert disk.find("target").get("dev") == "hdc" and disk.find("readonly") is not None
+
+
+def test_cdrom_with_test_lists_the_change_and_makes_none(host, iso):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    ret = pairvm.cdrom("vm1", iso=iso, test=True)
+    assert ret["changes"] == [f"virsh change-media vm1 hdc --insert {iso}"]
+    assert ret["comment"].startswith("would: ") and ret["cdrom"] is None
+    assert host.domains["vm1"].device_updates == [] and host.actions() == []
+
+
+def test_cdrom_ejects_and_an_unchanged_cd_is_left_alone(host, iso):
+    record = host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    host.domains["vm1"].xml = render.domain_xml({**record, "cdrom": iso}, str(host.serial_dir))
+    assert pairvm.cdrom("vm1") == {"name": "vm1", "cdrom": iso, "changes": [], "comment": ""}
+    assert pairvm.cdrom("vm1", iso=iso)["changes"] == []
+    assert host.domains["vm1"].device_updates == []
+    ret = pairvm.cdrom("vm1", eject=True)
+    assert ret["cdrom"] is None and ret["changes"] == ["virsh change-media vm1 hdc --eject"]
+    [(xml, flags)] = host.domains["vm1"].device_updates
+    assert flags == libvirt.VIR_DOMAIN_AFFECT_LIVE
+    disk = ET.fromstring(xml)
+    assert disk.get("device") == "cdrom" and disk.find("source") is None
+    assert disk.find("target").get("dev") == "hdc"
+
+
+def test_cdrom_path_with_quotes_stays_one_xml_attribute(host, tmp_path):
+    odd = tmp_path / "it's \"odd\" <&>.iso"
+    odd.write_bytes(b"")
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    pairvm.cdrom("vm1", iso=str(odd))
+    [(xml, _)] = host.domains["vm1"].device_updates
+    assert ET.fromstring(xml).find("source").get("file") == str(odd)
+
+
+# --- serial, monitor ------------------------------------------------------------------------------
+
+
+def test_serial_returns_the_last_lines_of_the_log(host):
+    host.install("vm1", drbd=drbd_state())
+    (host.serial_dir / "vm1-serial.log").write_text("".join(f"line {i}\n" for i in range(1, 101)))
+    assert pairvm.serial("vm1", lines=3) == "line 98\nline 99\nline 100"
+    assert pairvm.serial("vm1").splitlines()[0] == "line 51"
+    assert pairvm.serial("vm1", lines=500).count("\n") == 99
+
+
+def test_serial_without_a_log_says_so(host):
+    host.install("vm1", drbd=drbd_state())
+    with pytest.raises(CommandExecutionError, match="vm1 has no serial log on hostA"):
+        pairvm.serial("vm1")
+
+
+def test_serial_of_a_vm_not_defined_here_is_refused(host):
+    with pytest.raises(CommandExecutionError, match="vm1 is not defined on this host"):
+        pairvm.serial("vm1")
+
+
+@pytest.mark.parametrize("lines", [0, -2, "x"])
+def test_serial_refuses_a_line_count_below_one(host, lines):
+    host.install("vm1", drbd=drbd_state())
+    (host.serial_dir / "vm1-serial.log").write_text("a\nb\nc\n")
+    with pytest.raises(CommandExecutionError, match="lines must be a whole number of 1 or more"):
+        pairvm.serial("vm1", lines=lines)
+
+
+def test_monitor_passes_an_hmp_command(host, monkeypatch):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    qmc = mock.Mock(return_value="VM status: running\r\n")
+    monkeypatch.setattr(pairvm.libvirt_qemu, "qemuMonitorCommand", qmc)
+    assert pairvm.monitor("vm1", "info status") == "VM status: running"
+    qmc.assert_called_once_with(host.domains["vm1"], "info status",
+                                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+
+def test_monitor_reports_a_failed_command(host, monkeypatch):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    monkeypatch.setattr(pairvm.libvirt_qemu, "qemuMonitorCommand",
+                        mock.Mock(side_effect=libvirt.libvirtError("unknown command: 'foo'")))
+    with pytest.raises(CommandExecutionError, match="monitor command failed: unknown command"):
+        pairvm.monitor("vm1", "foo")
+
+
+@pytest.mark.parametrize("domain", [None, "defined"])
+def test_monitor_refuses_a_vm_that_is_not_running(host, monkeypatch, domain):
+    host.install("vm1", drbd=drbd_state(), domain=domain)
+    qmc = mock.Mock()
+    monkeypatch.setattr(pairvm.libvirt_qemu, "qemuMonitorCommand", qmc)
+    with pytest.raises(CommandExecutionError, match="vm1 is not running on hostA"):
+        pairvm.monitor("vm1", "info status")
+    qmc.assert_not_called()
+
+
+# --- print_ssh_forwards ------------------------------------------------------------------------
+
+
+def test_print_ssh_forwards_lists_the_running_vms_consoles(host):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    host.install("vm2", drbd=drbd_state(), domain="defined")
+    host.domains["stray"] = LibvirtDomain(host, "stray", "<domain/>")
+    host.domains["stray"].active = True
+    assert pairvm.print_ssh_forwards() == "ssh -N -L 5901:127.0.0.1:5901 root@10.77.0.11  # vm1"
+    host.domains["vm1"].active = False
+    assert pairvm.print_ssh_forwards() == "no VM is running on this host"
