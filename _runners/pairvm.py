@@ -11,12 +11,9 @@ import copy
 import logging
 import time
 
-import salt.client
-import salt.key
-import salt.pillar
-from pairvmlib import alloc, boundary, layout, registry, schema
+from pairvmlib import alloc, boundary, layout, master, registry, schema
 from pairvmlib import verify as pair_verify
-from salt.exceptions import CommandExecutionError
+from pairvmlib.errors import Failed
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +34,25 @@ def _refused(exc):
     return {"error": str(exc), "retcode": 1}
 
 
-_operation = boundary.converting(_refused, also=(CommandExecutionError,))
+_operation = boundary.converting(_refused)
 
 
 # --- pillar and the pair ----------------------------------------------------------
 
 
+def _master():
+    return master.Master(__opts__)
+
+
 def _pillar(minion=None):
-    """Pillar ``pairvm`` as the master compiles it for ``minion`` (default: any pair host)."""
-    candidates = [minion] if minion else salt.key.get_key(__opts__).list_status("accepted")["minions"]
-    for mid in candidates:
-        pillar = salt.pillar.get_pillar(__opts__, {"id": mid}, mid, saltenv="base").compile_pillar()
-        if pillar.get("pairvm", {}).get("pair"):
-            return pillar["pairvm"]
-    raise CommandExecutionError(
-        f"no pillar pairvm:pair for {minion or 'any accepted minion'}: define the pair in pillar"
-    )
-
-
-def _pair(settings):
-    return sorted(settings["pair"])
+    return _master().pillar(minion)
 
 
 def _call(minion, function, *args, timeout=300, **kwargs):
-    """Run an execution function on one minion; raise with its message if it failed."""
-    client = salt.client.get_local_client(__opts__["conf_file"])
-    ret = client.cmd(minion, function, list(args), timeout=timeout, kwarg=kwargs, full_return=True)
-    if minion not in ret:
-        raise CommandExecutionError(f"{minion} did not answer {function} within {timeout}s")
-    result = ret[minion]
-    if result.get("retcode", 0) != 0:
-        raise CommandExecutionError(f"{minion}: {function} failed: {result.get('ret')}")
-    return result["ret"]
+    return _master().call(minion, function, *args, timeout=timeout, **kwargs)
+
+
+_pair = master.pair_hosts
 
 
 # --- allocate ------------------------------------------------------------------------
@@ -131,14 +115,14 @@ def create(name, home, memory, disc, wait=True, **options):
     definition = schema.vm_definition(name, definition, settings)
     with registry.locked(__opts__) as box:
         if name in definitions or name in box["registry"].get("vms", {}):
-            raise CommandExecutionError(f"VM {name} already exists (pillar or registry)")
+            raise Failed(f"VM {name} already exists (pillar or registry)")
         updated = copy.deepcopy(alloc.allocate(settings, {**definitions, name: definition}, box["registry"]))
         updated["vms"][name]["definition"] = definition
         box["registry"] = updated
     peer = next(h for h in _pair(settings) if h != home)
     try:
         result = _apply_create(name, home, peer, wait)
-    except CommandExecutionError:
+    except Failed:
         _undo_create(name, settings)
         raise
     return result
@@ -159,7 +143,7 @@ def _wait_connected(host, name, timeout=CONNECT_TIMEOUT):
         if state.get("connection") == "Connected":
             return state
         if time.monotonic() > deadline:
-            raise CommandExecutionError(
+            raise Failed(
                 f"DRBD resource {name} did not connect within {timeout}s on {host}: "
                 f"it is {state.get('connection')}; check the replication link"
             )
@@ -171,14 +155,14 @@ def _undo_create(name, settings):
     for host in _pair(settings):
         try:
             _call(host, "pairvm.destroy", name, confirm=True, force=True)
-        except CommandExecutionError as exc:
+        except Failed as exc:
             log.error("pairvm: could not undo create of %s on %s: %s", name, host, exc)
     with registry.locked(__opts__) as box:
         box["registry"] = alloc.release(box["registry"], name)
     for host in _pair(settings):
         try:
             _call(host, "saltutil.refresh_pillar", wait=True)
-        except CommandExecutionError as exc:
+        except Failed as exc:
             log.error("pairvm: could not refresh pillar on %s: %s", host, exc)
 
 
@@ -202,11 +186,11 @@ def destroy(name, confirm=False, force=False):
     """
     schema.validate_name(name)
     if confirm is not True:
-        raise CommandExecutionError(f"destroying VM {name} deletes its disc on both hosts: pass confirm=True")
+        raise Failed(f"destroying VM {name} deletes its disc on both hosts: pass confirm=True")
     settings = schema.settings(_pillar())
     running = [h for h in _pair(settings) if name in _running_vms(h)]
     if running and not force:
-        raise CommandExecutionError(
+        raise Failed(
             f"VM {name} is running on {', '.join(running)}: stop it first, or force=True"
         )
     changes = {h: _call(h, "pairvm.destroy", name, confirm=True, force=force) for h in _pair(settings)}
@@ -270,7 +254,7 @@ def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=Fal
     schema.validate_name(name)
     pair = _pair(schema.settings(_pillar()))
     if victim not in pair:
-        raise CommandExecutionError(f"victim {victim!r} is not a host of the pair ({', '.join(pair)})")
+        raise Failed(f"victim {victim!r} is not a host of the pair ({', '.join(pair)})")
     survivor = next(host for host in pair if host != victim)
     kwargs = {"snapshot": snapshot, "test": test}
     if snapshot_size is not None:
@@ -338,8 +322,7 @@ def _merge(name, views):
 
 def _gather_facts(hosts, bridges, timeout):
     """{host: facts or None}, and findings for the hosts that did not answer or failed."""
-    client = salt.client.get_local_client(__opts__["conf_file"])
-    ret = client.cmd(hosts, "pairvm.facts", [], tgt_type="list", timeout=timeout,
+    ret = _master().client().cmd(hosts, "pairvm.facts", [], tgt_type="list", timeout=timeout,
                      kwarg={"bridges": sorted(bridges)}, full_return=True)
     facts, findings = {}, []
     for host in hosts:

@@ -5,11 +5,13 @@ pillar below merged with the real ``pairvm_registry`` ext_pillar, as the master 
 """
 
 import copy
+import json
 import os
 import re
 
 import pytest
 
+from pairvmlib import master as master_lib
 from pairvmlib import schema
 from tests.unit.conftest import FakeClock, load, pair_pillar
 
@@ -46,7 +48,7 @@ class Master:
         loader_mock(runner, salt={}, opts=opts)
         registry_pillar.__opts__ = opts
         monkeypatch.setattr(runner, "_pillar", self.compiled_pillar)
-        monkeypatch.setattr(runner.salt.client, "get_local_client", self.get_local_client)
+        monkeypatch.setattr(master_lib.salt.client, "get_local_client", self.get_local_client)
         self.clock = FakeClock()
         monkeypatch.setattr(runner, "time", self.clock)
         self.calls, self.clients, self.seen_at_refresh = [], 0, {}
@@ -106,7 +108,7 @@ class Master:
         return os.stat(self.registry).st_ino, self.registry.read_bytes()
 
     def load_registry(self):
-        return runner.salt.utils.json.loads(self.registry.read_text())
+        return json.loads(self.registry.read_text())
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pairvmlib import alloc, render, schema, verify
+from pairvmlib import alloc, master, render, schema, verify
 from tests.unit.conftest import REPO, load, pair_pillar
 
 runner = load("_runners/pairvm.py", "pairvm_runner_verify")
@@ -47,7 +47,7 @@ class Pair:
         opts = {"cachedir": str(self.cachedir), "conf_file": str(tmp_path / "master")}
         loader_mock(runner, salt={}, opts=opts)
         monkeypatch.setattr(runner, "_pillar", lambda minion=None: copy.deepcopy(self.pillar))
-        monkeypatch.setattr(runner.salt.client, "get_local_client", lambda conf_file=None, **kw: self)
+        monkeypatch.setattr(master.salt.client, "get_local_client", lambda conf_file=None, **kw: self)
         self.calls = []
         settings, definitions = schema.settings(self.pillar), schema.vms(self.pillar)
         self.registry = alloc.allocate(settings, definitions, {"vms": {}})
