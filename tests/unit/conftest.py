@@ -38,6 +38,26 @@ def pair_pillar():
     }
 
 
+def done(stdout="", retcode=0, stderr=""):
+    return {"retcode": retcode, "stdout": stdout, "stderr": stderr, "pid": 1}
+
+
+class Commands:
+    """A cmd.run_all double: answers by argv prefix, records every argv."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def __call__(self, argv, python_shell=None, **_kwargs):
+        assert python_shell is False and isinstance(argv, list)
+        self.calls.append(argv)
+        for prefix, answer in self.answers.items():
+            if tuple(argv[:len(prefix)]) == prefix:
+                return answer(argv) if callable(answer) else answer
+        raise AssertionError(f"unexpected command {argv}")
+
+
 class FakeClock:
     """Stands for the ``time`` module: sleeping advances a virtual clock at once."""
 

@@ -11,30 +11,9 @@ import pytest
 
 from pairvmlib import defaults, layout
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from tests.unit.conftest import load
+from tests.unit.conftest import Commands, done, load
 
 mod = load("_modules/pairvm_host.py", "pairvm_host_mod")
-states = load("_states/pairvm_host.py", "pairvm_host_states")
-
-
-def done(stdout="", retcode=0, stderr=""):
-    return {"retcode": retcode, "stdout": stdout, "stderr": stderr, "pid": 1}
-
-
-class Commands:
-    """A cmd.run_all double: answers by argv prefix, records every argv."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def __call__(self, argv, python_shell=None, **_kwargs):
-        assert python_shell is False and isinstance(argv, list)
-        self.calls.append(argv)
-        for prefix, answer in self.answers.items():
-            if tuple(argv[:len(prefix)]) == prefix:
-                return answer(argv) if callable(answer) else answer
-        raise AssertionError(f"unexpected command {argv}")
 
 
 @pytest.fixture

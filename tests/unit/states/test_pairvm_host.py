@@ -4,7 +4,6 @@ The commands are mocked here (their argv is checked); the real blkid, wipefs,
 LVM, ssh-keygen, ifupdown and drbdadm run in tests/functional/test_host_*.py.
 """
 
-import json
 import os
 import stat
 from unittest import mock
@@ -13,44 +12,9 @@ import pytest
 
 from pairvmlib import render
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from tests.unit.conftest import load
+from tests.unit.conftest import Commands, done, load
 
-mod = load("_modules/pairvm_host.py", "pairvm_host_mod")
 states = load("_states/pairvm_host.py", "pairvm_host_states")
-
-
-def done(stdout="", retcode=0, stderr=""):
-    return {"retcode": retcode, "stdout": stdout, "stderr": stderr, "pid": 1}
-
-
-class Commands:
-    """A cmd.run_all double: answers by argv prefix, records every argv."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def __call__(self, argv, python_shell=None, **_kwargs):
-        assert python_shell is False and isinstance(argv, list)
-        self.calls.append(argv)
-        for prefix, answer in self.answers.items():
-            if tuple(argv[:len(prefix)]) == prefix:
-                return answer(argv) if callable(answer) else answer
-        raise AssertionError(f"unexpected command {argv}")
-
-
-@pytest.fixture
-def module(loader_mock):
-    def install(answers):
-        commands = Commands(answers)
-        loader_mock(mod, salt={"cmd.run_all": commands})
-        return commands
-
-    return install
-
-
-def pvs_report(*rows):
-    return json.dumps({"report": [{"pv": [{"pv_name": n, "vg_name": v} for n, v in rows]}]})
 
 
 # --- states -------------------------------------------------------------------------
