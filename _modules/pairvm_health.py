@@ -326,9 +326,10 @@ def facts(bridges=None):
     host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
     resources, and ``drbd.peer_auth``: which authenticate), the running
     libvirt domains and the VNC listen address of each running pairvm
-    domain, the LVs (``{"vg/lv": MiB}``), the volume groups, the required tools that are missing, and the bridges: this
-    host's VM bridge, those of the VMs defined here and ``bridges`` (a list
-    or comma-separated names). A query that fails is named in ``errors``
+    domain, the LVs (``{"vg/lv": MiB}``), the volume groups, the required
+    tools that are missing, and the bridges: this host's VM bridge, those
+    of the VMs defined here and ``bridges`` (a list or comma-separated
+    names). A query that fails is named in ``errors``
     with its message; the others are still returned. Reads only.
 
     CLI Example:
