@@ -83,8 +83,11 @@ class Master:
                 continue
             known.update(hosts)
             entry = found.setdefault(name, {"hosts": [], "vms": 0, "registered": False})
-            if not entry["hosts"]:
-                entry["hosts"] = sorted(hosts)
+            if entry["hosts"] and entry["hosts"] != sorted(hosts):
+                raise Failed(f"pair {name!r} is claimed by two pairs of hosts, {', '.join(entry['hosts'])} "
+                             f"and {', '.join(sorted(hosts))} (pillar of {minion}): give each pair its "
+                             f"own pairvm:pair_name")
+            entry["hosts"] = sorted(hosts)
         return found
 
     def pair(self, pair=None, vm=None):

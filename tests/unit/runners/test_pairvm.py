@@ -551,6 +551,19 @@ def test_pairs_lists_registered_pairs_and_finds_new_ones_in_pillar(allocated):
     }
 
 
+@pytest.mark.parametrize("registered", [True, False])
+def test_two_pairs_of_hosts_claiming_one_pair_name_stop_the_orchestrates(master, registered):
+    """The likeliest mistake: a second pair's pillar without its own pair_name."""
+    if registered:
+        runner.allocate()
+    two = master.two()
+    del two["pair_name"]
+    for ret in (runner.pairs(), runner.allocate()):
+        assert ret["retcode"] == 1 and "pair 'default' is claimed by two pairs of hosts, hostA, hostB and " \
+            "hostC, hostD (pillar of hostC): give each pair its own pairvm:pair_name" in ret["error"]
+    assert not master.registry_path("two").exists()
+
+
 def test_two_pairs_allocate_independently_with_macs_unique_across_the_master(allocated):
     allocated.two()
     ret = runner.allocate()
