@@ -245,7 +245,8 @@ def test_peer_auth_reads_show_once_and_never_returns_or_logs_the_secret(drbd):
     assert drbd.__salt__["cmd.run_all"].call_args.kwargs["output_loglevel"] == "quiet"
 
 
-def test_a_secret_without_the_algorithm_is_no_authentication(drbd):
-    drbd.__salt__["cmd.run_all"].return_value = {
-        "retcode": 0, "stdout": SHOW.replace('        cram-hmac-alg       "sha1";\n', ""), "stderr": ""}
+@pytest.mark.parametrize("line", ['        cram-hmac-alg       "sha1";\n',
+                                  '        shared-secret       "Zm9v+bar/baz=";\n'])
+def test_the_algorithm_or_the_secret_alone_is_no_authentication(drbd, line):
+    drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": SHOW.replace(line, ""), "stderr": ""}
     assert drbd.peer_auth()["vm1"] is False

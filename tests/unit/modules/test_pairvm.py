@@ -501,6 +501,22 @@ def test_stop_of_a_stopped_vm_changes_nothing(host):
     assert host.actions() == []
 
 
+def test_a_steady_state_apply_asks_libvirt_once_whatever_the_number_of_vms(host):
+    """vm_stopped / vm_running of VMs already so (bench/vm_scale.py): one libvirt query per job."""
+    host.define("vm3", home="hostA", memory=64, disc="16M")
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    for name in ("vm2", "vm3"):
+        host.install(name, drbd=drbd_state(), domain="defined")
+    host.new_job()
+    assert [pairvm.stop(name)["changes"] for name in ("vm2", "vm3")] == [[], []]
+    assert pairvm.start("vm1")["changes"] == []
+    assert host.opened.call_count == 1 and host.actions() == []
+    host.new_job()  # a later job asks again: a VM started meanwhile is seen
+    host.domains["vm2"].active = True
+    host.drbd["vm2"] = drbd_state(role="Primary")
+    assert pairvm.stop("vm2")["changes"] == ["virsh destroy vm2", "drbdadm secondary vm2"]
+
+
 def test_stop_demotes_a_primary_left_without_a_vm(host):
     host.install("vm1", drbd=drbd_state(role="Primary"))
     assert pairvm.stop("vm1")["changes"] == ["drbdadm secondary vm1"]

@@ -89,6 +89,14 @@ def test_nothing_for_a_minion_that_is_not_a_host_of_the_registered_pair(cachedir
     assert registry_pillar.ext_pillar(minion, pillar) == {}
 
 
+def test_nothing_for_a_minion_outside_the_pair_of_a_registry_that_recorded_no_hosts(cachedir):
+    """A registry from before pairs records no hosts: the minion's own pillar must name it."""
+    (cachedir / "pairvm").mkdir()
+    (cachedir / "pairvm" / "registry.json").write_text(json.dumps({"vms": {"vm1": {"alloc": ALLOC_1}}}))
+    assert registry_pillar.ext_pillar("hostA", pillar_of(HOSTS))["pairvm"]["allocations"] == {"vm1": ALLOC_1}
+    assert registry_pillar.ext_pillar("master", pillar_of(HOSTS)) == {}
+
+
 def test_a_secret_pillar_gives_is_not_replaced(cachedir):
     save(cachedir, "default", HOSTS, {}, "generated")
     pillar = pillar_of(HOSTS, drbd_options={"shared_secret": "mine", "resync_rate": "100M"})

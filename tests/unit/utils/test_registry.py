@@ -51,6 +51,18 @@ def test_locked_saves_root_only_and_only_what_changed(opts):
     assert registry.pair_names(opts) == ["one", "two"]
 
 
+def test_a_leftover_of_a_killed_save_never_makes_a_registry_or_secret_readable(opts):
+    pair_dir = path(opts, "pairs", "one")
+    os.makedirs(pair_dir)
+    for name in ("registry.json.tmp", "drbd-secret.tmp"):
+        with open(os.path.join(pair_dir, name), "w") as fh:
+            fh.write("left by a killed run")
+        os.chmod(os.path.join(pair_dir, name), 0o644)
+    save(opts, "one", {})
+    registry.ensure_secret(opts, "one")
+    assert mode(os.path.join(pair_dir, "registry.json")) == mode(os.path.join(pair_dir, "drbd-secret")) == 0o600
+
+
 def test_without_a_pair_name_the_only_pair_or_a_refusal(opts):
     assert registry.resolve(opts) == "default"
     save(opts, "one", {})
