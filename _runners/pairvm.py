@@ -12,7 +12,6 @@ that the hosts it needs answer (``pairvmlib.master``: a short ping), and
 refuses, naming the host, before anything changes.
 """
 
-import copy
 import logging
 import time
 
@@ -83,11 +82,19 @@ def pairs():
 # --- allocate ------------------------------------------------------------------------
 
 
-def _allocate_pair(settings, definitions):
-    """Allocate one pair's VMs under the registry lock; the secret is made once when
-    pillar gives none. Returns the pair's registry."""
+def _allocate_pair(settings, definitions, new=None):
+    """Allocate one pair's VMs under the registry lock, with ``new`` ((name, definition) of a
+    VM created from the CLI, refused if the name exists); the pair's secret is made once when
+    pillar gives none. Returns the pair's registry as saved."""
     with registry.locked(__opts__, settings["pair_name"]) as box:
+        if new is not None:
+            name, definition = new
+            if name in definitions or name in box["registry"].get("vms", {}):
+                raise Failed(f"VM {name} already exists (pillar or registry)")
+            definitions = {**definitions, name: definition}
         box["registry"] = alloc.allocate_pair(settings, definitions, box["registry"], box["others"])
+        if new is not None:
+            box["registry"]["vms"][name]["definition"] = definition
         if not (settings.get("drbd_options") or {}).get("shared_secret"):
             registry.ensure_secret(__opts__, box["pair"])
         return box["registry"]
@@ -171,15 +178,7 @@ def create(name, home, memory, disc, wait=True, pair=None, **options):
     definition = schema.vm_definition(name, definition, settings)
     hosts = master.pair_hosts(settings)
     _master().require(hosts)
-    with registry.locked(__opts__, settings["pair_name"]) as box:
-        if name in definitions or name in box["registry"].get("vms", {}):
-            raise Failed(f"VM {name} already exists (pillar or registry)")
-        updated = copy.deepcopy(alloc.allocate_pair(settings, {**definitions, name: definition},
-                                                    box["registry"], box["others"]))
-        updated["vms"][name]["definition"] = definition
-        box["registry"] = updated
-        if not (settings.get("drbd_options") or {}).get("shared_secret"):
-            registry.ensure_secret(__opts__, box["pair"])
+    _allocate_pair(settings, definitions, new=(name, definition))
     peer = next(h for h in hosts if h != home)
     try:
         result = _apply_create(name, home, peer, wait)
