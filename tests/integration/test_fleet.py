@@ -48,7 +48,8 @@ class Fleet:
         self.pillar_file.write_text(salt.utils.yaml.safe_dump(data))
 
     def registry(self, pair):
-        return json.loads((self.cache / pair / "registry.json").read_text())
+        path = self.cache / pair / "registry.json"
+        return json.loads(path.read_text()) if path.exists() else {"vms": {}}
 
     def secret(self, pair):
         return (self.cache / pair / "drbd-secret").read_text().strip()
