@@ -41,8 +41,10 @@ class Master:
         host of pair ``pair`` (default: the master's only pair)."""
         if minion is None:
             name = registry.resolve(self.opts, pair)
-            found = self.pairs(discover=not registry.exists(self.opts, name)).get(name)
-            if not found:
+            found = self.pairs().get(name)
+            if not found or not found["hosts"]:  # not allocated yet: its hosts' pillar names it
+                found = self.pairs(discover=True).get(name)
+            if not found or not found["hosts"]:
                 raise Failed(f"no pair {name!r}: no registry and no accepted minion's pillar names it "
                              f"(pairvm:pair_name, pairvm:pair)")
             minion = found["hosts"][0]

@@ -734,3 +734,19 @@ def test_the_single_registry_of_before_becomes_pair_defaults(master):
     assert runner.allocate()["default"]["vm1"] == alloc
     assert master.load_registry()["vms"]["vm1"]["alloc"] == alloc
     assert not legacy.exists() and legacy.with_name("registry.json.before-pairs").exists()
+
+
+@pytest.mark.parametrize("registered", ["no", "yes", "before pairs"])
+def test_the_pillar_of_the_only_pair_for_runners_that_name_none(master, registered):
+    """Master.pillar() without a minion, as a runner file written for one pair calls it."""
+    if registered == "yes":
+        runner.allocate()
+    elif registered == "before pairs":  # a registry that records no hosts
+        (master.cachedir / "pairvm").mkdir(parents=True)
+        (master.cachedir / "pairvm" / "registry.json").write_text('{"vms": {}}')
+    assert set(master_lib.Master(runner.__opts__).pillar()["pair"]) == {"hostA", "hostB"}
+    master.two()
+    runner.allocate()
+    with pytest.raises(master_lib.Failed, match="this master has 2 pairs"):
+        master_lib.Master(runner.__opts__).pillar()
+    assert set(master_lib.Master(runner.__opts__).pillar(pair="two")["pair"]) == {"hostC", "hostD"}
