@@ -55,10 +55,12 @@ def _name(name):
     return name
 
 
-def _run(argv, env=None):
+def _run(argv, env=None, quiet=False):
     kwargs = {"python_shell": False, "ignore_retcode": True}
     if env:
         kwargs["env"] = env
+    if quiet:  # the output holds the shared secret: never into the minion's log
+        kwargs["output_loglevel"] = "quiet"
     ret = __salt__["cmd.run_all"](argv, **kwargs)
     if ret["retcode"] != 0:
         detail = (ret.get("stderr") or ret.get("stdout") or "").strip()
@@ -319,4 +321,37 @@ def check_config(path, node=None):
         if not isinstance(node, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", node):
             raise SaltInvocationError(f"invalid node name {node!r}")
         env = {"__DRBD_NODE__": node}
-    return _run(["drbdadm", "-c", path, "dump"], env=env)
+    return _run(["drbdadm", "-c", path, "dump"], env=env, quiet=True)
+
+
+_RESOURCE_RE = re.compile(r'^resource\s+"?([^\s"{]+)"?\s*\{', re.MULTILINE)
+
+
+def _parse_auth(text):
+    """{resource: authenticates} of ``drbdsetup show`` text, for the resources whose connection
+    is configured (a ``_remote_host`` section)."""
+    found = {}
+    starts = list(_RESOURCE_RE.finditer(text))
+    for here, after in zip(starts, [*starts[1:], None], strict=True):
+        block = text[here.end():after.start() if after else len(text)]
+        if "_remote_host" in block:
+            found[here.group(1)] = bool(re.search(r"^\s*cram-hmac-alg\s", block, re.MULTILINE)
+                                        and re.search(r"^\s*shared-secret\s", block, re.MULTILINE))
+    return found
+
+
+def peer_auth():
+    """
+    Whether each DRBD resource whose connection is configured authenticates
+    its peer: ``{resource: True|False}``, True when the kernel's running
+    configuration has ``cram-hmac-alg`` and a ``shared-secret`` (one
+    ``drbdsetup show all`` for all resources). The secret itself is never
+    returned or logged.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' drbd.peer_auth
+    """
+    return _parse_auth(_run(["drbdsetup", "show", "all"], quiet=True))

@@ -1,19 +1,23 @@
-"""pairvm runner: operations that need both hosts of the pair at once.
+"""pairvm runner: operations that need both hosts of a pair at once.
 
-The master is the only allocator: IP, MAC, DRBD port and minor and VNC
-display of every VM are given here once, kept in the registry
-(``pairvmlib.registry``: ``<cachedir>/pairvm/registry.json``, served to the
-hosts as pillar by the ``pairvm_registry`` ext_pillar) and freed when the
-VM is destroyed.
+A master may run several pairs (docs/data-model.md, "Several pairs"). The
+master is the only allocator: IP, MAC, DRBD port and minor and VNC display
+of every VM are given here once, kept in its pair's registry
+(``pairvmlib.registry``: ``<cachedir>/pairvm/pairs/<pair>/registry.json``,
+served to that pair's hosts only, as pillar, by the ``pairvm_registry``
+ext_pillar) and freed when the VM is destroyed. MACs and VM names are
+unique across the master. A function finds the pair from the VM (its
+registry), from a host (its pillar), or takes ``pair=``; it first checks
+that the hosts it needs answer (``pairvmlib.master``: a short ping), and
+refuses, naming the host, before anything changes.
 """
 
-import copy
 import logging
 import time
 
-from pairvmlib import alloc, boundary, layout, master, registry, schema
+from pairvmlib import alloc, boundary, master, registry, schema
 from pairvmlib import verify as pair_verify
-from pairvmlib.errors import Failed
+from pairvmlib.errors import Failed, PairvmError
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +41,14 @@ def _refused(exc):
 _operation = boundary.converting(_refused)
 
 
-# --- pillar and the pair ----------------------------------------------------------
+# --- the master, pairs and hosts -----------------------------------------------------------
 
 
 def _master():
     return master.Master(__opts__)
 
 
-def _pillar(minion=None):
+def _pillar(minion):
     return _master().pillar(minion)
 
 
@@ -52,52 +56,106 @@ def _call(minion, function, *args, timeout=300, **kwargs):
     return _master().call(minion, function, *args, timeout=timeout, **kwargs)
 
 
-_pair = master.pair_hosts
+def _pair_of(name, pair=None):
+    """(pair, hosts) of VM ``name``: its registry's pair, or ``pair``; the hosts must answer."""
+    found = _master().pair(pair=pair, vm=None if pair else name)
+    _master().require(found[1])
+    return found
+
+
+@_operation
+def pairs():
+    """
+    The pairs of this master: each one's two hosts, its number of VMs, and
+    whether it has a registry yet (``registered``; a pair only pillar names
+    gets one at its first ``pairvm.allocate``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run pairvm.pairs
+    """
+    return _master().pairs(discover=True)
 
 
 # --- allocate ------------------------------------------------------------------------
 
 
-@_operation
-def allocate(minion=None):
-    """
-    Validate pillar ``pairvm`` and give every VM its allocation.
+def _allocate_pair(settings, definitions, new=None):
+    """Allocate one pair's VMs under the registry lock, with ``new`` ((name, definition) of a
+    VM created from the CLI, refused if the name exists); the pair's secret is made once when
+    pillar gives none. Returns the pair's registry as saved."""
+    with registry.locked(__opts__, settings["pair_name"]) as box:
+        if new is not None:
+            name, definition = new
+            if name in definitions or name in box["registry"].get("vms", {}):
+                raise Failed(f"VM {name} already exists (pillar or registry)")
+            definitions = {**definitions, name: definition}
+        box["registry"] = alloc.allocate_pair(settings, definitions, box["registry"], box["others"])
+        if new is not None:
+            box["registry"]["vms"][name]["definition"] = definition
+        if not (settings.get("drbd_options") or {}).get("shared_secret"):
+            registry.ensure_secret(__opts__, box["pair"])
+        return box["registry"]
 
-    Existing allocations never change; new VMs get the lowest free IP, MAC,
-    DRBD port and minor and VNC display. Nothing is saved if any VM is
-    invalid, collides or would exceed the memory cap.
+
+@_operation
+def allocate(minion=None, pair=None):
+    """
+    Validate pillar ``pairvm`` and give every VM its allocation, pair by pair.
+
+    For the pair of host ``minion``, of pair ``pair``, or of every pair
+    (``pairvm.pairs``). Existing allocations never change; new VMs get the
+    lowest free IP, MAC (unique across the master), DRBD port and minor and
+    VNC display of their pair. Nothing is saved for a pair if any of its VMs
+    is invalid, collides or would exceed the memory cap, or if it clashes
+    with another pair (a host or a VM name in two pairs, overlapping pools
+    on one public network). Generates the pair's DRBD secret once, when
+    pillar gives none. Returns ``{pair: {vm: allocation}}``.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run pairvm.allocate
+        salt-run pairvm.allocate pair=two
     """
-    pairvm = _pillar(minion)
-    settings = schema.settings(pairvm)
-    definitions = schema.vms(pairvm)
-    with registry.locked(__opts__) as box:
-        box["registry"] = alloc.allocate(settings, definitions, box["registry"])
-        return {name: entry["alloc"] for name, entry in box["registry"]["vms"].items()}
+    if minion is not None:
+        hosts = [minion]
+    else:
+        known = _master().pairs(discover=True)
+        if pair is not None and pair not in known:
+            raise Failed(f"no pair {pair!r}: salt-run pairvm.pairs lists them")
+        hosts = [known[name]["hosts"][0] for name in sorted(known) if pair in (None, name)]
+    result = {}
+    for host in hosts:
+        pairvm = _pillar(host)
+        settings = schema.settings(pairvm)
+        saved = _allocate_pair(settings, schema.vms(pairvm))
+        result[settings["pair_name"]] = {name: entry["alloc"] for name, entry in saved["vms"].items()}
+    return result
 
 
 # --- create ----------------------------------------------------------------------------
 
 
 @_operation
-def create(name, home, memory, disc, wait=True, **options):
+def create(name, home, memory, disc, wait=True, pair=None, **options):
     """
-    Create VM ``name`` on both hosts of the pair, from the CLI.
+    Create VM ``name`` on both hosts of ``home``'s pair, from the CLI.
 
-    Validates everything first (nothing is touched when anything is wrong),
-    allocates, registers the VM (it is then part of pillar ``pairvm:vms`` as
-    if it were defined there), creates it on the peer, then on the home host
-    (which starts the initial sync) and waits for DRBD to connect. Options:
-    ``vcpus``, ``ip``, ``mac``, ``bridge``, ``drbd_port``, ``vnc_display``,
-    ``state`` (``running`` by default, as in pillar: the VM is not started
-    now, but the next orchestrate or ``pairvm autostart`` starts it; give
-    ``state=stopped`` to keep it down, e.g. while installing it), ``suppress``,
-    ``hypervisor_options``, ``cdrom``.
+    Validates everything first (nothing is touched when anything is wrong,
+    or when a host of the pair does not answer), allocates, registers the VM
+    in its pair's registry (it is then part of pillar ``pairvm:vms`` of the
+    pair's hosts as if it were defined there), creates it on the peer, then
+    on the home host (which starts the initial sync) and waits for DRBD to
+    connect. ``pair``: refuse unless ``home`` is a host of that pair.
+    Options: ``vcpus``, ``ip``, ``mac``, ``bridge``, ``drbd_port``,
+    ``vnc_display``, ``state`` (``running`` by default, as in pillar: the VM
+    is not started now, but the next orchestrate or ``pairvm autostart``
+    starts it; give ``state=stopped`` to keep it down, e.g. while installing
+    it), ``suppress``, ``hypervisor_options``, ``cdrom``.
 
     CLI Example:
 
@@ -105,27 +163,29 @@ def create(name, home, memory, disc, wait=True, **options):
 
         salt-run pairvm.create vm1 hostA 512 10G
         salt-run pairvm.create vm2 hostB 1024 20G vcpus=2 ip=192.0.2.50
+        salt-run pairvm.create web3 hostC 512 10G pair=two
     """
     options = {k: v for k, v in options.items() if not k.startswith("__")}
     schema.validate_name(name)
-    pairvm = _pillar(home if isinstance(home, str) else None)
+    if not isinstance(home, str):
+        raise Failed(f"home: {home!r} is not a minion id")
+    pairvm = _pillar(home)
     settings = schema.settings(pairvm)
+    if pair is not None and pair != settings["pair_name"]:
+        raise Failed(f"home {home} is a host of pair {settings['pair_name']!r}, not {pair!r}")
     definitions = schema.vms(pairvm)
     definition = {"home": home, "memory": memory, "disc": disc, **options}
     definition = schema.vm_definition(name, definition, settings)
-    with registry.locked(__opts__) as box:
-        if name in definitions or name in box["registry"].get("vms", {}):
-            raise Failed(f"VM {name} already exists (pillar or registry)")
-        updated = copy.deepcopy(alloc.allocate(settings, {**definitions, name: definition}, box["registry"]))
-        updated["vms"][name]["definition"] = definition
-        box["registry"] = updated
-    peer = next(h for h in _pair(settings) if h != home)
+    hosts = master.pair_hosts(settings)
+    _master().require(hosts)
+    _allocate_pair(settings, definitions, new=(name, definition))
+    peer = next(h for h in hosts if h != home)
     try:
         result = _apply_create(name, home, peer, wait)
     except Failed:
-        _undo_create(name, settings)
+        _undo_create(name, settings["pair_name"], hosts)
         raise
-    return result
+    return {**result, "pair": settings["pair_name"]}
 
 
 def _apply_create(name, home, peer, wait):
@@ -150,16 +210,16 @@ def _wait_connected(host, name, timeout=CONNECT_TIMEOUT):
         time.sleep(1)
 
 
-def _undo_create(name, settings):
+def _undo_create(name, pair, hosts):
     """A failed create: remove the VM from both hosts and the registry."""
-    for host in _pair(settings):
+    for host in hosts:
         try:
             _call(host, "pairvm.destroy", name, confirm=True, force=True)
         except Failed as exc:
             log.error("pairvm: could not undo create of %s on %s: %s", name, host, exc)
-    with registry.locked(__opts__) as box:
+    with registry.locked(__opts__, pair) as box:
         box["registry"] = alloc.release(box["registry"], name)
-    for host in _pair(settings):
+    for host in hosts:
         try:
             _call(host, "saltutil.refresh_pillar", wait=True)
         except Failed as exc:
@@ -170,35 +230,40 @@ def _undo_create(name, settings):
 
 
 @_operation
-def destroy(name, confirm=False, force=False):
+def destroy(name, confirm=False, force=False, pair=None):
     """
-    Destroy VM ``name`` on both hosts and free its allocations.
+    Destroy VM ``name`` on both hosts of its pair and free its allocations.
 
     Its disc is lost on both hosts: ``confirm=True`` is required. A running
-    VM is refused unless ``force=True``. A VM that is still defined in pillar
-    files comes back at the next allocate: remove it from pillar first.
+    VM is refused unless ``force=True``. Refused, before anything changes,
+    when a host of the pair does not answer. The pair is the one whose
+    registry holds the VM; ``pair=`` names it (also to clean up what a
+    pair's hosts hold of a VM no registry knows). A VM that is still
+    defined in pillar files comes back at the next allocate: remove it from
+    pillar first.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run pairvm.destroy vm1 confirm=True
+        salt-run pairvm.destroy vm1 confirm=True pair=two
     """
     schema.validate_name(name)
     if confirm is not True:
         raise Failed(f"destroying VM {name} deletes its disc on both hosts: pass confirm=True")
-    settings = schema.settings(_pillar())
-    running = [h for h in _pair(settings) if name in _running_vms(h)]
+    pair, hosts = _pair_of(name, pair)
+    running = [h for h in hosts if name in _running_vms(h)]
     if running and not force:
         raise Failed(
             f"VM {name} is running on {', '.join(running)}: stop it first, or force=True"
         )
-    changes = {h: _call(h, "pairvm.destroy", name, confirm=True, force=force) for h in _pair(settings)}
-    with registry.locked(__opts__) as box:
+    changes = {h: _call(h, "pairvm.destroy", name, confirm=True, force=force) for h in hosts}
+    with registry.locked(__opts__, pair) as box:
         box["registry"] = alloc.release(box["registry"], name)
-    for host in _pair(settings):
+    for host in hosts:
         _call(host, "saltutil.refresh_pillar", wait=True)
-    return {"name": name, "changes": changes}
+    return {"name": name, "pair": pair, "changes": changes}
 
 
 def _running_vms(host):
@@ -209,12 +274,14 @@ def _running_vms(host):
 
 
 @_operation
-def resize(name, size):
+def resize(name, size, pair=None):
     """
     Grow VM ``name``'s disc to ``size`` on both hosts, then resize DRBD.
 
     The peer's LV grows first, then the home host's, which then has DRBD use
-    the new size. A shrink is refused before anything changes.
+    the new size. A shrink is refused before anything changes, and so is
+    any resize while a host of the VM's pair (found from its registry, or
+    ``pair=``) does not answer.
 
     CLI Example:
 
@@ -223,7 +290,8 @@ def resize(name, size):
         salt-run pairvm.resize vm1 20G
     """
     schema.validate_name(name)
-    record = _call(_pair(schema.settings(_pillar()))[0], "pairvm.pillar_record", name)
+    _, hosts = _pair_of(name, pair)
+    record = _call(hosts[0], "pairvm.pillar_record", name)
     home = record["home"]
     return {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], home)}
 
@@ -232,7 +300,7 @@ def resize(name, size):
 
 
 @_operation
-def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=False):
+def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=False, pair=None):
     """
     Resolve a DRBD split brain of VM ``name``: ``victim`` (a host of the
     pair) loses its changes since the split, the other host's data survives.
@@ -241,7 +309,8 @@ def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=Fal
     (``snapshot_size``, default the full disc; ``snapshot=False`` explicitly
     to skip it), then reconnects it with ``--discard-my-data``; then the
     other host, if it is StandAlone, is connected too and the resync starts.
-    Nothing changes when the victim refuses (no split brain, VM running there).
+    Nothing changes when the victim refuses (no split brain, VM running there)
+    or a host of the VM's pair (its registry's, or ``pair=``) does not answer.
 
     CLI Example:
 
@@ -252,10 +321,10 @@ def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=Fal
         salt-run pairvm.split_brain_victim vm1 hostB test=True
     """
     schema.validate_name(name)
-    pair = _pair(schema.settings(_pillar()))
-    if victim not in pair:
-        raise Failed(f"victim {victim!r} is not a host of the pair ({', '.join(pair)})")
-    survivor = next(host for host in pair if host != victim)
+    _, hosts = _pair_of(name, pair)
+    if victim not in hosts:
+        raise Failed(f"victim {victim!r} is not a host of VM {name}'s pair ({', '.join(hosts)})")
+    survivor = next(host for host in hosts if host != victim)
     kwargs = {"snapshot": snapshot, "test": test}
     if snapshot_size is not None:
         kwargs["snapshot_size"] = snapshot_size
@@ -276,32 +345,78 @@ def split_brain_victim(name, victim, snapshot_size=None, snapshot=True, test=Fal
 # --- list ----------------------------------------------------------------------------------
 
 
-@_operation
-def list_():
-    """
-    Every VM of the pair, one row each, merged from both hosts.
+def _registered(pair=None, errors=None):
+    """{pair: hosts} of the registered pairs, or of ``pair`` alone (``errors``: see
+    ``Master.pairs``)."""
+    known = {name: info["hosts"] for name, info in _master().pairs(errors=errors).items() if info["hosts"]}
+    if pair is not None and pair not in known and not (errors or {}).get(pair):
+        raise Failed(f"no registered pair {pair!r} (salt-run pairvm.pairs; salt-run pairvm.allocate "
+                     f"registers a pair)")
+    return {name: hosts for name, hosts in known.items() if pair in (None, name)}
 
-    A row shows where the VM runs and each host's DRBD state, and
-    ``disagreements`` lists what the two hosts do not agree on (a VM known
-    to one host only, different configuration, running on both).
+
+def _ask(hosts, function, timeout, **kwargs):
+    """One ping of ``hosts``, then one publish of ``function`` to those that answered:
+    ({host: return value}, {host: why there is none})."""
+    down = _master().silent(hosts)
+    answers = _master().call_all([h for h in hosts if h not in down], function, timeout=timeout, **kwargs)
+    values, missing = {}, {}
+    for host in sorted(hosts):
+        answer = answers.get(host)
+        if host in down or not isinstance(answer, dict) or "ret" not in answer:
+            waited = master.PING_TIMEOUT + master.FIND_JOB_TIMEOUT if host in down else timeout
+            missing[host] = (f"did not answer within {waited} s: is the host up and its salt-minion "
+                             f"running? (salt-run manage.status)")
+        elif answer.get("retcode", 0) != 0:
+            missing[host] = (f"{function} failed: {answer['ret']} (are the modules synced? "
+                             f"salt {host} saltutil.sync_all)")
+        else:
+            values[host] = answer["ret"]
+    return values, missing
+
+
+@_operation
+def list_(pair=None, timeout=60):
+    """
+    Every VM of every pair (or of ``pair``), one row each, merged from its pair's two hosts.
+
+    A row shows its ``pair``, where the VM runs and each host's DRBD state,
+    and ``disagreements`` lists what the two hosts do not agree on (a VM
+    known to one host only, different configuration, running on both). All
+    hosts are asked at once (one ping, one ``pairvm.list`` publish); a host
+    that does not answer is named under ``unreachable`` (and the exit code is
+    1), the rows show what its peer says.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run pairvm.list
+        salt-run pairvm.list pair=two
     """
-    settings = schema.settings(_pillar())
-    views = {host: _call(host, "pairvm.list") for host in _pair(settings)}
-    names = sorted({row["name"] for view in views.values() for row in view["vms"]})
-    return {"vms": [_merge(name, views) for name in names]}
+    known = _registered(pair)
+    views, missing = _ask([h for hosts in known.values() for h in hosts], "pairvm.list", timeout)
+    rows = []
+    for name in sorted(known):
+        rows += merge_views(name, {h: views.get(h) for h in known[name]})
+    if missing:
+        __context__["retcode"] = 1
+    return {"vms": rows, "unreachable": missing}
 
 
-def _merge(name, views):
-    rows = {host: next((r for r in v["vms"] if r["name"] == name), None) for host, v in views.items()}
+def merge_views(pair, views):
+    """The rows of ``pair``'s VMs from its hosts' ``pairvm.list`` ({host: view, or None when it
+    did not answer}), one per VM, sorted by name."""
+    indexed = {host: {row["name"]: row for row in view["vms"]} for host, view in views.items() if view}
+    names = sorted({name for rows in indexed.values() for name in rows})
+    return [_merge(pair, name, indexed) for name in names]
+
+
+def _merge(pair, name, indexed):
+    rows = {host: rows.get(name) for host, rows in indexed.items()}
     known = {host: row for host, row in rows.items() if row}
     first = next(iter(known.values()))
-    merged = {k: first[k] for k in ("name", "memory", "disc", "vnc_display", "mac", "ip")}
+    merged = {"pair": pair, **{k: first[k] for k in ("name", "memory", "disc", "vnc_display", "mac", "ip")}}
     merged["running_on"] = sorted(h for h, r in known.items() if r["running"])
     merged["drbd"] = {h: f"{r['drbd_connection']}/{r['drbd_disk']}" for h, r in known.items()}
     problems = [f"unknown to {h}" for h, r in rows.items() if r is None]
@@ -315,60 +430,62 @@ def _merge(name, views):
 
 
 # --- verify ----------------------------------------------------------------------------------
-# The pair checked as one (like gnt-cluster verify): one pairvm.facts call per host, then
-# every check on that data (pairvmlib.verify). Each finding has a stable code; docs/verify.md
-# lists them.
+# Every pair checked as one (like gnt-cluster verify): one ping and one pairvm.facts publish
+# for all hosts, then every check on that data (pairvmlib.verify). Each finding has a stable
+# code; docs/verify.md lists them.
 
 
-def _gather_facts(hosts, bridges, timeout):
-    """{host: facts or None}, and findings for the hosts that did not answer or failed."""
-    ret = _master().client().cmd(hosts, "pairvm.facts", [], tgt_type="list", timeout=timeout,
-                     kwarg={"bridges": sorted(bridges)}, full_return=True)
-    facts, findings = {}, []
-    for host in hosts:
-        answer = (ret or {}).get(host)
-        facts[host] = None
-        if not isinstance(answer, dict) or "ret" not in answer:
-            findings.append(pair_verify.finding("ERROR", "EHOSTDOWN", None, host,
-                                     f"did not answer pairvm.facts within {timeout}s: is the host up and "
-                                     f"its salt-minion running? (salt-run manage.status)"))
-        elif answer.get("retcode", 0) != 0 or not isinstance(answer["ret"], dict):
-            findings.append(pair_verify.finding("ERROR", "EHOSTDOWN", None, host,
-                                     f"pairvm.facts failed: {answer['ret']} (are the modules synced? "
-                                     f"salt {host} saltutil.sync_all)"))
-        else:
-            facts[host] = answer["ret"]
-    return facts, findings
+def _pair_context(name, hosts):
+    """(settings, definitions, registry) of one pair, or the finding saying why not."""
+    try:
+        pairvm = _pillar(hosts[0])
+        return (schema.settings(pairvm), schema.vms(pairvm), registry.read(__opts__, name)), None
+    except PairvmError as exc:
+        return None, pair_verify.finding("ERROR", "EQUERYFAILED", None, None, str(exc), pair=name)
+
+
+def _readable_registries():
+    """{pair: registry} of every pair whose registry can be read (verify names the others)."""
+    found = {}
+    for name in registry.pair_names(__opts__):
+        try:
+            found[name] = registry.read(__opts__, name)
+        except Failed:
+            continue
+    return found
 
 
 @_operation
-def verify(timeout=60):
+def verify(timeout=60, pair=None):
     """
-    Check the pair as a whole and report what is wrong (like ``gnt-cluster verify``).
+    Check every pair (or ``pair``) as a whole and report what is wrong (like
+    ``gnt-cluster verify``).
 
-    Asks both hosts for ``pairvm.facts`` (one call each, in parallel) and
-    compares them with pillar and the registry (read only). Changes nothing.
-    Returns ``{"ok", "summary", "lines", "findings", "retcode"}``: ``lines``
-    reads ``SEVERITY CODE vm@host: message``; each finding is ``{"severity":
-    "ERROR"|"WARNING", "code", "vm", "host", "message"}``. A healthy pair has
-    no findings. The exit code is 1 when there is an ERROR. Use
+    Asks all hosts for ``pairvm.facts`` at once (one ping, one publish) and
+    compares each pair's with its pillar and registry, and the registries
+    with each other (read only). Changes nothing. Returns ``{"ok",
+    "summary", "pairs", "lines", "findings", "retcode"}``: ``lines`` reads
+    ``SEVERITY CODE vm@host: message``; each finding is ``{"severity":
+    "ERROR"|"WARNING", "code", "vm", "host", "message", "pair"}``. A healthy
+    master has no findings. The exit code is 1 when there is an ERROR. Use
     ``--out=json`` for the findings as data.
 
     Codes (stable; docs/verify.md explains each and what to do):
 
     - ``EHOSTDOWN``: a host did not answer (or pairvm.facts failed on it)
-    - ``EQUERYFAILED``: a query on a host, or reading the registry, failed
+    - ``EQUERYFAILED``: a query on a host, or reading a pair's pillar or registry, failed
     - ``EVMMISSING``: a VM of pillar/registry is missing on a host (/machines/<vm> or its LV)
     - ``EVMUNKNOWN`` (WARNING): on a host but not in pillar/registry
     - ``EMACHINESDIFF``: /machines/<vm> differs between the hosts
     - ``EDRBDSPLITBRAIN``: DRBD resource StandAlone with its disc: split brain
     - ``EDRBDDISCONNECTED``: DRBD resource down or not Connected
     - ``EDRBDNOTUPTODATE``: a DRBD disc not UpToDate
+    - ``EDRBDNOAUTH``: a DRBD resource connects without peer authentication
     - ``EVMRUNNINGTWICE``: a VM running on both hosts
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
     - ``EMEMCAP``: the pair's VM memory over ``pairvm:memory_cap``
-    - ``EALLOCCOLLISION``: the registry gives one value to two VMs
+    - ``EALLOCCOLLISION``: a value given twice (in a registry, or across pairs)
     - ``ETOOLMISSING``: a required tool is missing on a host
     - ``EVGMISSING``: a volume group is missing on a host
     - ``EBRIDGEMISSING``: a bridge the VMs use is missing on a host
@@ -378,23 +495,29 @@ def verify(timeout=60):
     .. code-block:: bash
 
         salt-run pairvm.verify
-        salt-run pairvm.verify --out=json
+        salt-run pairvm.verify pair=two --out=json
     """
-    pairvm = _pillar()
-    settings = schema.settings(pairvm)
-    definitions = schema.vms(pairvm)
-    findings = []
-    try:
-        saved = registry.read(__opts__)
-    except (OSError, ValueError) as exc:
-        saved = None
-        where = layout.registry_path(__opts__)
-        findings.append(pair_verify.finding("ERROR", "EQUERYFAILED", None, None,
-                                            f"cannot read the registry {where}: {exc}"))
-    bridges = {settings["bridge"]} | {d["bridge"] for d in definitions.values() if d.get("bridge")}
-    facts, down = _gather_facts(_pair(settings), bridges, timeout)
-    findings += down + pair_verify.analyse(settings, definitions, saved, facts, bridges)
-    result = pair_verify.result(findings)
+    unreadable = {}
+    known = _registered(pair, errors=unreadable)
+    findings = [pair_verify.finding("ERROR", "EQUERYFAILED", None, None, why, pair=name)
+                for name, why in sorted(unreadable.items()) if pair in (None, name)]
+    contexts = {}
+    for name in sorted(known):
+        contexts[name], problem = _pair_context(name, known[name])
+        findings += [problem] if problem else []
+    bridges = {b for ctx in contexts.values() if ctx for b in pair_verify.bridges(ctx[0], ctx[1])}
+    facts, missing = _ask([h for hosts in known.values() for h in hosts], "pairvm.facts", timeout,
+                          bridges=sorted(bridges))
+    for name, hosts in known.items():
+        findings += [pair_verify.finding("ERROR", "EHOSTDOWN", None, host, missing[host], pair=name)
+                     for host in hosts if host in missing]
+        if contexts[name]:
+            settings, definitions, saved = contexts[name]
+            found = pair_verify.analyse(settings, definitions, saved, {h: facts.get(h) for h in hosts},
+                                        pair_verify.bridges(settings, definitions))
+            findings += [dict(f, pair=name) for f in found]
+    findings += pair_verify.fleet_checks(_readable_registries(), pair)
+    result = pair_verify.result(findings, pairs=sorted(known))
     if result["retcode"]:
         __context__["retcode"] = 1
     return result

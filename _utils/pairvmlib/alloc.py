@@ -11,6 +11,7 @@ import copy
 import ipaddress
 
 from pairvmlib import checks
+from pairvmlib.errors import Invalid
 from pairvmlib.schema import ALLOC_KEYS
 
 # Values a VM definition may fix; the DRBD minor is always allocated.
@@ -196,7 +197,7 @@ def _claim_fixed(name, definition, alloc, owners, settings, known):
             errors.append(f"vm {name!r}: {key}: the fixed {fixed!r} {why}")
         elif owner is not None and owner[0] != name:
             other, how = owner
-            hint = "" if other in known else " (no longer defined: release it first)"
+            hint = "" if other in known or how != "allocated to" else " (no longer defined: release it first)"
             errors.append(f"vm {name!r}: {key}: {fixed!r} is already {how} vm {other!r}{hint}")
         else:
             owners[key][value] = (name, "fixed for")
@@ -219,7 +220,7 @@ def _fill_lowest_free(allocs, owners, settings):
     return errors
 
 
-def allocate(settings, definitions, registry):
+def allocate(settings, definitions, registry, taken=None):
     """
     Give every VM of ``definitions`` its IP, MAC, DRBD port and minor and VNC display.
 
@@ -228,8 +229,10 @@ def allocate(settings, definitions, registry):
     rest take the lowest free value of their pool or range, VMs in sorted
     name order. VMs in the registry but not in ``definitions`` are kept
     (``release`` frees them). Checks ``memory_cap`` against the total
-    memory of ``definitions``. Raises ``Invalid`` listing every
-    problem; never returns a partial registry.
+    memory of ``definitions``. ``taken`` ({key: {value: (vm, how)}}) holds
+    values other pairs hold that this one may not give (MACs, see
+    ``allocate_pair``). Raises ``Invalid`` listing every problem; never
+    returns a partial registry.
 
     Example:
 
@@ -240,7 +243,7 @@ def allocate(settings, definitions, registry):
     errors = collisions(registry)
     entries = _entries(registry, errors)
     errors += _memory_cap(settings, definitions, entries)
-    owners = {key: {} for key in ALLOC_KEYS}
+    owners = {key: dict((taken or {}).get(key, {})) for key in ALLOC_KEYS}
     for name in sorted(entries):
         for key, value in entries[name]["alloc"].items():
             owners.get(key, {}).setdefault(_norm(key, value), (name, "allocated to"))
@@ -301,3 +304,119 @@ def collisions(registry):
         for (key, value), names in sorted(holders.items())
         if len(names) > 1
     ]
+
+
+# --- several pairs on one master ------------------------------------------------------------
+
+
+def pair_entry(settings):
+    """What a pair's registry keeps of its settings (``registry["pair"]``), for the checks
+    between pairs and to find a pair's hosts without compiling pillar."""
+    pool = settings["pool"]
+    return {"name": settings["pair_name"], "hosts": copy.deepcopy(settings["pair"]),
+            "pool": {"cidr": pool["cidr"], "network": pool["network"]} if pool else None}
+
+
+def _taken_elsewhere(others):
+    """{"mac": {mac: (vm, how)}}: the MACs the other pairs hold (unique across the master)."""
+    macs = {}
+    for pair in sorted(others):
+        for name, entry in sorted(_entries(others[pair], []).items()):
+            if entry["alloc"].get("mac"):
+                macs[_norm("mac", entry["alloc"]["mac"])] = (name, f"allocated in pair {pair!r} to")
+    return {"mac": macs}
+
+
+def _pool_overlap(mine, theirs, pair):
+    if not mine or not theirs or mine["network"] != theirs.get("network"):
+        return None
+    if not ipaddress.IPv4Network(mine["cidr"]).overlaps(ipaddress.IPv4Network(theirs["cidr"])):
+        return None
+    return (f"pool: {mine['cidr']} overlaps pair {pair!r}'s pool {theirs['cidr']} on the same public "
+            f"network {mine['network']!r} (pool.network): give the pairs pools that do not overlap, or "
+            f"set pool.network if they are on separate public networks")
+
+
+def pair_problems(settings, names, registry, others):
+    """What keeps a pair from its registry on a master with the ``others`` ({pair: registry}):
+    a host or a VM name in another pair, a pool overlapping another pair's on the same public
+    network, or a registry recorded for other hosts (two pairs with one ``pair_name``)."""
+    errors, pair = [], settings["pair_name"]
+    mine = pair_entry(settings)
+    recorded = sorted((registry or {}).get("pair", {}).get("hosts") or {})
+    if recorded and recorded != sorted(mine["hosts"]) and (registry or {}).get("vms"):
+        errors.append(f"pair_name: pair {pair!r} is registered with hosts {', '.join(recorded)}, but this "
+                      f"pillar gives it {', '.join(sorted(mine['hosts']))}: give each pair its own "
+                      f"pairvm:pair_name (a pair's hosts change only once it has no VM)")
+    for other in sorted(others):
+        theirs = others[other].get("pair") or {}
+        for host in sorted(set(mine["hosts"]) & set(theirs.get("hosts") or {})):
+            errors.append(f"pair.{host}: is a host of pair {other!r} already: a host is in one pair only")
+        overlap = _pool_overlap(mine["pool"], theirs.get("pool"), other)
+        if overlap:
+            errors.append(overlap)
+        for name in sorted(set(names) & set(others[other].get("vms") or {})):
+            errors.append(f"vm {name!r}: is a VM of pair {other!r} already: VM names are unique across "
+                          f"the master")
+    return errors
+
+
+def allocate_pair(settings, definitions, registry, others):
+    """
+    ``allocate`` for one pair of a master that may have several (``others``:
+    {pair: registry} of the other pairs).
+
+    Refuses, before anything is allocated, what ``pair_problems`` finds; MACs
+    the other pairs hold are not given. IPs, DRBD ports and minors and VNC
+    displays are the pair's own. The result records the pair (``pair_entry``).
+
+    Example:
+
+    .. code-block:: python
+
+        registry = alloc.allocate_pair(settings, definitions, registry, others)
+    """
+    errors = pair_problems(settings, set(definitions) | set((registry or {}).get("vms") or {}),
+                           registry, others)
+    try:
+        result = allocate(settings, definitions, registry, taken=_taken_elsewhere(others))
+    except Invalid as exc:
+        errors.append(str(exc))
+    checks.raise_all(errors)
+    return {**result, "pair": pair_entry(settings)}
+
+
+def fleet_collisions(registries):
+    """
+    What the registries of all pairs ({pair: registry}) give twice across pairs, for
+    verify: a MAC, a VM name, a host, or overlapping pools on one public network.
+
+    Example:
+
+    .. code-block:: python
+
+        alloc.fleet_collisions(registry.pairs(opts))
+    """
+    found, seen = [], {"mac": {}, "vm": {}, "host": {}}
+    for pair in sorted(registries):
+        saved = registries[pair]
+        for name, entry in sorted(_entries(saved, []).items()):
+            values = {"vm": name, "mac": _norm("mac", entry["alloc"].get("mac"))}
+            for key, value in values.items():
+                if value is not None and seen[key].setdefault(value, pair) != pair:
+                    found.append(f"{key} {value!r} is in pair {seen[key][value]!r} and pair {pair!r}")
+        for host in registry_hosts(saved):
+            if seen["host"].setdefault(host, pair) != pair:
+                found.append(f"host {host!r} is in pair {seen['host'][host]!r} and pair {pair!r}")
+    pools = {pair: (saved.get("pair") or {}).get("pool") for pair, saved in registries.items()}
+    for first in sorted(pools):
+        for second in sorted(p for p in pools if p > first):
+            overlap = _pool_overlap(pools[first], pools[second], second)
+            if overlap:
+                found.append(f"pair {first!r}: {overlap}")
+    return found
+
+
+def registry_hosts(saved):
+    """The minion ids a registry records for its pair, sorted ([] before its first allocation)."""
+    return sorted(((saved or {}).get("pair") or {}).get("hosts") or {})

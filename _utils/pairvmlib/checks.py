@@ -84,6 +84,12 @@ def vm_name(name):
     return name
 
 
+def pair_name(name):
+    if not names.is_pair_name(name):
+        raise Invalid(f"must be {names.PAIR_NAME_RULE}, got {name!r}")
+    return name
+
+
 def whole(value, low, high=None, what="a whole number"):
     if (
         isinstance(value, bool)

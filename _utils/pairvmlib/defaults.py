@@ -8,6 +8,9 @@ through ``salt['pairvm_host.defaults']()`` (``salt/pairvm/map.jinja``), and
 import copy
 
 SETTINGS = {
+    # The pair's name: its registry on the master (pairs/<name>) and the word
+    # operators give as pair=. One pair needs none; each of several needs its own.
+    "pair_name": "default",
     "pair": {},
     "drbd": {"port_range": [7800, 7999], "minor_range": [0, 199]},
     "vnc": {"display_range": [1, 99]},
@@ -19,7 +22,9 @@ SETTINGS = {
     "volume_groups": ["here", "there"],
     "vms": {},
 }
-POOL = {"reserve_first": 4, "reserved": []}
+# network: the public network (L2 segment) the pool is on; pools of pairs on one
+# network must not overlap.
+POOL = {"reserve_first": 4, "reserved": [], "network": "default"}
 BACKUP = {
     "key": "/root/.ssh/pairvm_backup",
     "known_hosts": "/root/.ssh/known_hosts",

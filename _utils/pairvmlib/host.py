@@ -18,8 +18,6 @@ import os
 import sys
 import time
 
-import yaml
-
 from pairvmlib import defaults, layout, machines, progress, schema
 from pairvmlib.errors import Failed
 
@@ -70,7 +68,7 @@ class Host:
         """Every VM defined on this host: ``{name: record as read from /machines/<name>}``."""
         found = {}
         for name in machines.vm_names():
-            data = yaml.safe_load(machines.record_bytes(name) or b"")
+            data = schema.parse_yaml(machines.record_bytes(name) or b"")
             if not isinstance(data, dict):
                 raise Failed(f"{layout.machine_path(name)}: {name} is not a mapping of pairvm settings")
             found[name] = data
@@ -151,8 +149,11 @@ class Host:
         except libvirt.libvirtError:
             return None
 
-    def running(self):
-        """Names of the running libvirt domains (one query)."""
+    def running(self, cached=False):
+        """Names of the running libvirt domains (one query; with ``cached``, once per job
+        like ``drbd`` and ``lvs``: what pairvm changes clears it)."""
+        if cached:
+            return self.cached("running", self.running)
         with self.libvirt() as conn:
             return {dom.name() for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
 
@@ -290,11 +291,13 @@ class Plan:
             self.host.forget_runtime()
 
     def write(self, path, text, mode=0o644, write=None):
-        """Write a file when its content differs; ``saved`` keeps what to put back."""
+        """Write a file when its content differs (True then); ``saved`` keeps what to put back."""
         previous = machines.read_text(path)
-        if previous != text:
-            self.saved[path] = (previous, mode)
-            self.step(f"write {path}", write or machines.write_atomic, path, text, mode)
+        if previous == text:
+            return False
+        self.saved[path] = (previous, mode)
+        self.step(f"write {path}", write or machines.write_atomic, path, text, mode)
+        return True
 
     def result(self, comment):
         if self.test and self.changes:

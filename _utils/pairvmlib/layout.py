@@ -18,8 +18,13 @@ SPLIT_BRAIN_DIR = "/var/lib/pairvm/split-brain"
 SEED_DIR = "/var/lib/pairvm/seeds"
 IMAGE_CACHE_DIR = "/var/cache/pairvm/images"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
-# The master's registry, under its cachedir.
-REGISTRY = os.path.join("pairvm", "registry.json")
+# The master's registries, under its cachedir: pairvm/pairs/<pair>/{registry.json,drbd-secret}
+# (root only), one lock for every write. pairvm/registry.json is the single registry of
+# versions before pairs; it becomes pair "default"'s.
+MASTER_DIR = "pairvm"
+PAIRS_DIR = "pairs"
+REGISTRY_NAME = "registry.json"
+SECRET_NAME = "drbd-secret"
 
 
 def machine_path(name):
@@ -47,6 +52,28 @@ def serial_log_path(name):
     return os.path.join(SERIAL_LOG_DIR, f"{name}-serial.log")
 
 
-def registry_path(opts):
-    """The registry file of a master whose options are ``opts``."""
-    return os.path.join(opts["cachedir"], REGISTRY)
+def master_dir(opts):
+    """The formula's directory on a master whose options are ``opts``."""
+    return os.path.join(opts["cachedir"], MASTER_DIR)
+
+
+def pair_dir(opts, pair):
+    return os.path.join(master_dir(opts), PAIRS_DIR, pair)
+
+
+def registry_path(opts, pair):
+    """The registry file of pair ``pair``."""
+    return os.path.join(pair_dir(opts, pair), REGISTRY_NAME)
+
+
+def secret_path(opts, pair):
+    """The DRBD shared secret the master generated for pair ``pair`` (mode 0600)."""
+    return os.path.join(pair_dir(opts, pair), SECRET_NAME)
+
+
+def legacy_registry_path(opts):
+    return os.path.join(master_dir(opts), REGISTRY_NAME)
+
+
+def registry_lock_path(opts):
+    return os.path.join(master_dir(opts), "registry.lock")

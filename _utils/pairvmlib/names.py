@@ -24,6 +24,11 @@ IFNAME_RULE = ("an interface name of 1 to 15 letters, digits, '_', '.' or '-', s
                "letter or digit")
 
 
+# A pair's name becomes a directory of the master's registry (pairs/<name>).
+PAIR_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+PAIR_NAME_RULE = "1 to 32 characters: a lower-case letter, then lower-case letters, digits or hyphens"
+
+
 def vm_name_problem(name):
     """Why ``name`` is not a valid VM name (a sentence), or None when it is."""
     if name in DRBD_RESERVED:
@@ -44,6 +49,10 @@ def vm_name_problem(name):
 
 def is_vm_name(name):
     return vm_name_problem(name) is None
+
+
+def is_pair_name(name):
+    return isinstance(name, str) and bool(PAIR_NAME_RE.fullmatch(name))
 
 
 def is_ifname(name):

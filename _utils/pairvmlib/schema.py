@@ -16,7 +16,7 @@ from pairvmlib import backup, checks, defaults
 from pairvmlib.errors import Invalid
 
 PAIR_IP_KEYS = ("admin_ip", "replication_ip")
-POOL_KEYS = ("cidr", "gateway", "reserve_first", "reserved")
+POOL_KEYS = ("cidr", "gateway", "reserve_first", "reserved", "network")
 # [lowest, highest] allowed for each range setting.
 RANGE_LIMITS = {
     ("drbd", "port_range"): (1024, 65535),
@@ -27,7 +27,7 @@ RANGE_LIMITS = {
 VNC_BASE_PORT = 5900
 # The settings this schema validates and fills; any other top-level key is passed through.
 CHECKED_SETTINGS = ("drbd", "vnc", "mac_prefix", "bridge", "memory_cap", "domain_type", "volume_groups")
-OWNED_KEYS = ("pair", "pool", *CHECKED_SETTINGS, "vms", "backup")
+OWNED_KEYS = ("pair_name", "pair", "pool", *CHECKED_SETTINGS, "vms", "backup")
 DOMAIN_TYPES = ("kvm", "qemu")
 STATES = ("running", "stopped")
 HYPERVISOR_OPTIONS = ("kernel", "initrd", "cmdline", "machine", "cpu_model")
@@ -146,11 +146,14 @@ def _pool(raw, errors):
     first = checks.given(pool, "reserve_first", defaults.POOL["reserve_first"])
     first = checks.gather(errors, "pool.reserve_first: ", checks.whole, first, 0)
     reserved = _reserved_list(pool.get("reserved"), net, errors)
-    if net is None or gateway is None or first is None:
+    network = checks.gather(errors, "pool.network: ", checks.token,
+                            checks.given(pool, "network", defaults.POOL["network"]))
+    if net is None or gateway is None or first is None or network is None:
         return None
     if gateway not in net or gateway in (net.network_address, net.broadcast_address):
         errors.append(f"pool.gateway: {str(gateway)!r} is not a host address of the pool {str(net)!r}")
-    result = {"cidr": str(net), "gateway": str(gateway), "reserve_first": first, "reserved": reserved}
+    result = {"cidr": str(net), "gateway": str(gateway), "reserve_first": first, "reserved": reserved,
+              "network": network}
     if not _any_allocatable(net, result):
         errors.append(
             f"pool: no address of {str(net)!r} is left for VMs after the gateway, "
@@ -245,12 +248,13 @@ def settings(pairvm_pillar):
     """
     Validate and normalize the settings of pillar ``pairvm:`` (all but ``vms``).
 
-    Fills the data model's defaults. Returns ``pair`` ({minion id: {admin_ip,
-    replication_ip}}), ``pool`` ({cidr, gateway, reserve_first, reserved} or
-    None when no pool is set), ``drbd`` ({port_range, minor_range}), ``vnc``
-    ({display_range}), ``mac_prefix``, ``bridge``, ``memory_cap``,
-    ``domain_type`` and ``volume_groups``; keys this schema does not own
-    (``libvirt_uri``, ``machines_dir``, ...) are passed through unchanged.
+    Fills the data model's defaults. Returns ``pair_name``, ``pair``
+    ({minion id: {admin_ip, replication_ip}}), ``pool`` ({cidr, gateway,
+    reserve_first, reserved, network} or None when no pool is set),
+    ``drbd`` ({port_range, minor_range}), ``vnc`` ({display_range}),
+    ``mac_prefix``, ``bridge``, ``memory_cap``, ``domain_type`` and
+    ``volume_groups``; keys this schema does not own (``libvirt_uri``,
+    ``machines_dir``, ...) are passed through unchanged.
 
     Example:
 
@@ -261,6 +265,8 @@ def settings(pairvm_pillar):
     errors = []
     raw = checks.mapping(pairvm_pillar, "pairvm", errors)
     result = {key: copy.deepcopy(value) for key, value in raw.items() if key not in OWNED_KEYS}
+    result["pair_name"] = checks.gather(errors, "pair_name: ", checks.pair_name,
+                                        checks.given(raw, "pair_name", defaults.SETTINGS["pair_name"]))
     result["pair"] = _pair(raw.get("pair"), errors)
     result["pool"] = _pool(raw.get("pool"), errors)
     result.update(_ranges(raw, errors))
@@ -508,7 +514,18 @@ def _record_errors(data):
     return errors
 
 
-class _RecordDumper(yaml.SafeDumper):
+# libyaml's emitter and parser when PyYAML has them: a steady-state apply renders and
+# compares every VM's record (bench/vm_scale.py). Same bytes, same data, as the pure ones.
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_yaml(text):
+    """``yaml.safe_load`` of ``text`` (libyaml's parser when there is one)."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
+
+
+class _RecordDumper(_SafeDumper):
     """SafeDumper that double-quotes every string and never emits anchors."""
 
     def ignore_aliases(self, data):
@@ -557,7 +574,7 @@ def load_record(text, strict=False):
         schema.load_record(text)
     """
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         raise Invalid(f"record: not valid YAML: {exc}") from None
     checks.raise_all(_record_errors(data))

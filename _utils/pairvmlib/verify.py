@@ -1,9 +1,10 @@
-"""``salt-run pairvm.verify``'s analysis: findings from both hosts' facts.
+"""``salt-run pairvm.verify``'s analysis: findings from each pair's hosts' facts.
 
 Pure (no I/O): the runner gathers one ``pairvm.facts`` answer per host
-(``None`` for a host that did not answer) and the registry, and this module
-turns them into findings with stable codes (docs/verify.md), like
-``gnt-cluster verify``.
+(``None`` for a host that did not answer) and the registries, and this
+module turns them into findings with stable codes (docs/verify.md), like
+``gnt-cluster verify``: ``analyse`` one pair, ``fleet_checks`` the pairs
+against each other.
 """
 
 from pairvmlib import alloc
@@ -21,7 +22,9 @@ CODES = {
     "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
     "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
     "EMEMCAP": "the pair's VM memory is over pairvm:memory_cap",
-    "EALLOCCOLLISION": "the registry gives one value (IP, MAC, port, minor, display) to two VMs",
+    "EDRBDNOAUTH": "DRBD resource connects without peer authentication (no cram-hmac-alg and secret)",
+    "EALLOCCOLLISION": "a registry gives one value (IP, MAC, port, minor, display) to two VMs, or two "
+                       "pairs share a MAC, a VM name, a host or a pool on one public network",
     "ETOOLMISSING": "a required tool is missing on a host",
     "EVGMISSING": "a volume group (here/there) is missing on a host",
     "EBRIDGEMISSING": "a bridge the VMs use is missing on a host",
@@ -29,14 +32,21 @@ CODES = {
 VNC_LOCAL = "127.0.0.1"
 
 
-def finding(severity, code, vm, host, message):
-    return {"severity": severity, "code": code, "vm": vm, "host": host, "message": message}
+def finding(severity, code, vm, host, message, pair=None):
+    found = {"severity": severity, "code": code, "vm": vm, "host": host, "message": message}
+    return dict(found, pair=pair) if pair else found
 
 
 def line(found):
     vm, host = found["vm"], found["host"]
-    where = f"{vm}@{host}" if vm and host else vm or (f"@{host}" if host else "pair")
+    pair = f"pair {found['pair']}" if found.get("pair") else "pair"
+    where = f"{vm}@{host}" if vm and host else vm or (f"@{host}" if host else pair)
     return f"{found['severity']} {found['code']} {where}: {found['message']}"
+
+
+def bridges(settings, definitions):
+    """The bridges a pair's VMs use: its default one and each VM's own."""
+    return {settings["bridge"]} | {d["bridge"] for d in definitions.values() if d.get("bridge")}
 
 
 def host_checks(host, fact, settings, bridges):
@@ -102,6 +112,13 @@ def vm_host_checks(host, fact, expected, settings):
     if "drbd" not in errors:
         for name in sorted(machines):
             found += _drbd_checks(host, name, fact["drbd"].get(name))
+    for name, authenticated in sorted((fact.get("drbd_auth") or {}).items()):
+        if authenticated is False:
+            found.append(finding("ERROR", "EDRBDNOAUTH", name, host,
+                                  f"DRBD resource {name} is configured to connect without peer "
+                                  f"authentication (no cram-hmac-alg and shared secret): anything that "
+                                  f"reaches the replication network can connect to it; re-apply "
+                                  f"pairvm.vms (drbdadm adjust {name} takes the secret)"))
     for name, listen in sorted(fact["vnc"].items()):
         if listen is not None and listen != VNC_LOCAL:
             found.append(finding("ERROR", "EVNCNOTLOCAL", name, host,
@@ -199,21 +216,29 @@ def _count(number, noun):
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def result(findings):
+def result(findings, pairs=None):
+    """The runner's answer: findings sorted, counted and as lines; ``pairs``: those checked."""
     order = {"ERROR": 0, "WARNING": 1}
-    findings = sorted(findings, key=lambda f: (order[f["severity"]], f["code"], f["vm"] or "",
-                                               f["host"] or "", f["message"]))
+    findings = sorted(findings, key=lambda f: (order[f["severity"]], f["code"], f.get("pair") or "",
+                                               f["vm"] or "", f["host"] or "", f["message"]))
     errors = sum(1 for f in findings if f["severity"] == "ERROR")
     warnings = len(findings) - errors
-    result = {
+    answer = {
         "ok": errors == 0,
         "summary": f"{_count(errors, 'error')}, {_count(warnings, 'warning')}",
         "lines": [line(f) for f in findings],
         "findings": findings,
         "retcode": 1 if errors else 0,
     }
-    return result
+    return answer if pairs is None else {**answer, "pairs": list(pairs)}
 
+
+def fleet_checks(registries, pair=None):
+    """What the pairs' registries ({pair: registry}) give twice across pairs (a MAC, a VM
+    name, a host, overlapping pools on one network); with ``pair``, what concerns it."""
+    return [finding("ERROR", "EALLOCCOLLISION", None, None, message)
+            for message in alloc.fleet_collisions(registries)
+            if pair is None or f"pair {pair!r}" in message]
 
 
 

@@ -137,6 +137,17 @@ def losetup(path):
     return dev
 
 
+def image_loops(tmp, hosts, res, mib):
+    """{host: a loop device over a fresh sparse image of ``mib`` MiB} for resource ``res``."""
+    disks = {}
+    for h in hosts:
+        img = tmp / f"{h}-{res}.img"
+        with open(img, "wb") as fh:
+            fh.truncate(mib * MIB)
+        disks[h] = losetup(img)
+    return disks
+
+
 def cleanup_loops(tmp):
     for name in os.listdir("/sys/block"):
         if not name.startswith("loop"):
@@ -169,12 +180,7 @@ def pair():
             h.run(["ip", "addr", "add", f"{ADDR[h.name]}/24", "dev", "eth1"])
             h.run(["ip", "link", "set", "eth1", "up"])
             h.write("/etc/drbd.d/global_common.conf", GLOBAL)
-        disks = {}
-        for h in hosts:
-            img = tmp / f"{h}-r0.img"
-            with open(img, "wb") as fh:
-                fh.truncate(64 * MIB)
-            disks[h] = losetup(img)
+        disks = image_loops(tmp, hosts, "r0", 64)
         yield {"hosts": hosts, "disks": disks, "tmp": tmp, "data": data}
     finally:
         for h in hosts.values():
@@ -397,3 +403,35 @@ def test_snapshot_of_backing_lv_on_secondary_is_live_replica(lab_pair):
     for h, vg in ((a, "here"), (b, "there")):
         h.run(["drbdadm", "down", "r1"])
         h.run(["lvremove", "-y", f"{vg}/r1"])
+
+
+def test_peers_connect_only_with_the_same_secret_and_show_tells_the_product(pair):
+    """cram-hmac-alg with different secrets (or one side without): no connection; the same
+    secret, taken by ``drbdadm adjust``: Connected. ``drbd.peer_auth`` reads it from show."""
+    hosts = pair["hosts"]
+    a, b = hosts["hostA"], hosts["hostB"]
+    disks = image_loops(pair["tmp"], hosts, "r9", 16)
+
+    def secret(value):
+        return f"    cram-hmac-alg sha1;\n    shared-secret \"{value}\";\n" if value else ""
+
+    a.write("/etc/drbd.d/r9.res", resfile("r9", 9, 7799, disks, secret("one-secret")))
+    b.write("/etc/drbd.d/r9.res", resfile("r9", 9, 7799, disks, secret("another")))
+    for h in (a, b):
+        h.run(["drbdadm", "create-md", "--force", "r9"])
+        h.run(["drbdadm", "up", "r9"])
+    time.sleep(0.5)
+    for h in (a, b):
+        assert "connection:Connecting" in h.run(["drbdsetup", "events2", "--now", "r9"]).stdout
+    b.write("/etc/drbd.d/r9.res", resfile("r9", 9, 7799, disks))  # no authentication at all
+    b.run(["drbdadm", "adjust", "r9"])
+    time.sleep(0.5)
+    assert "connection:Connecting" in a.run(["drbdsetup", "events2", "--now", "r9"]).stdout
+    assert product_drbd._parse_auth(b.run(["drbdsetup", "show", "all"]).stdout)["r9"] is False
+    b.write("/etc/drbd.d/r9.res", resfile("r9", 9, 7799, disks, secret("one-secret")))
+    b.run(["drbdadm", "adjust", "r9"])
+    wait_for(a, "r9", ("Secondary", "Secondary", "Established", "Inconsistent", "Inconsistent"))
+    shown = a.run(["drbdsetup", "show", "all"]).stdout
+    assert 'shared-secret' in shown and product_drbd._parse_auth(shown)["r9"] is True
+    for h in (a, b):
+        h.run(["drbdadm", "down", "r9"])

@@ -60,10 +60,10 @@ def in_sync(salt_cli, name):
                and s.get("peer_disk") == "UpToDate" for s in states)
 
 
-def footprint(lab, name):
+def footprint(lab, name, hosts=HOSTS):
     """What exists of VM name on each host: LVs, resource file, /machines file, domain."""
     found = {}
-    for host_name in HOSTS:
+    for host_name in hosts:
         host = lab.hosts[host_name]
         lvs = json.loads(host.run(["lvs", "--reportformat", "json", "-o", "lv_name,vg_name"]).stdout)
         found[host_name] = {

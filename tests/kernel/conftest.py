@@ -27,9 +27,14 @@ VMS = {
 HOST_COMMAND = "/var/lib/pairvm/pairvm-command"
 
 
-def pillar():
+# The pair's DRBD secret, as the master's ext_pillar would serve it.
+SECRET = "kernel-lab-secret-1"
+
+
+def pillar(secret=SECRET):
     data = salt.utils.yaml.safe_load((REPO / "pillar" / "pairvm.sls").read_text())
     pairvm = data["pairvm"]
+    pairvm["drbd_options"]["shared_secret"] = secret
     pairvm["libvirt_uri"] = "test:///default"
     pairvm["cli"] = {"path": HOST_COMMAND}  # /usr/local/sbin is the machine's own here
     pairvm["vms"] = {name: {"home": "hostA", "memory": 128, "disc": "64M"} for name in VMS}
@@ -41,11 +46,11 @@ def pillar():
     return data
 
 
-def write_pillar_and_tree(data_dir):
+def write_pillar_and_tree(data_dir, secret=SECRET):
     pillar_dir = data_dir / "pillar"
     pillar_dir.mkdir(parents=True, exist_ok=True)
     (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - pairvm\n")
-    (pillar_dir / "pairvm.sls").write_text(salt.utils.yaml.safe_dump(pillar()))
+    (pillar_dir / "pairvm.sls").write_text(salt.utils.yaml.safe_dump(pillar(secret)))
     return pillar_dir, saltlab.file_tree(data_dir / "srv")
 
 

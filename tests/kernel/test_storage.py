@@ -6,8 +6,11 @@ host's storage guest (tests/kernel/README.md). Data is written and read by
 the test inside the guests.
 """
 
+import re
 import time
 
+from tests.kernel import conftest as kconf
+from tests.kernel import klab
 from tests.kernel.conftest import HOST_COMMAND
 from tests.kernel.storage import MIB, checksum, events, lv_names, synced, wait_drbd, write_pattern
 
@@ -34,6 +37,29 @@ def test_lifecycle_create_failover_resize_snapshot_destroy(kernel_lab):
             assert h.guest(["cat", path])[1] == (h.root / path.lstrip("/")).read_text()
     assert "here/kvm1" in lv_names(a) and "there/kvm1" in lv_names(b)
     assert a.salt("drbd.status", "kvm1")["up_to_date"] is True
+    for h in (a, b):  # the peers authenticate: the running resource has the pair's secret
+        assert h.salt("drbd.peer_auth") == {"kvm1": True}
+        assert re.search(rf'shared-secret\s+"{kconf.SECRET}";', h.guest(["drbdsetup", "show", "kvm1"])[1])
+
+    # the secret rotated (README "DRBD secret"): each host's pairvm.create writes the resource
+    # file and has the running resource take it; real DRBD 8.4 connects with the new secret
+    kconf.write_pillar_and_tree(klab.DATA, secret="kernel-lab-secret-2")
+    try:
+        for h in (b, a):
+            assert h.salt("pairvm.create", "kvm1")["changes"] == ["write /etc/drbd.d/kvm1.res",
+                                                                 "drbdadm adjust kvm1"]
+        synced((a, b), "kvm1")
+        for h in (a, b):
+            shown = h.guest(["drbdsetup", "show", "kvm1"])[1]
+            assert re.search(r'shared-secret\s+"kernel-lab-secret-2";', shown)
+        a.guest(["drbdadm", "disconnect", "kvm1"])  # a new handshake: with the new secret
+        a.guest(["drbdadm", "connect", "kvm1"])
+        synced((a, b), "kvm1")
+    finally:
+        kconf.write_pillar_and_tree(klab.DATA)
+    for h in (b, a):
+        h.salt("pairvm.create", "kvm1")
+    synced((a, b), "kvm1")
 
     # promote on the home host and write; fail over to the peer: the data is there
     a.salt("drbd.primary", "kvm1")

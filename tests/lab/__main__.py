@@ -1,4 +1,4 @@
-"""Drive the lab by hand: python -m tests.lab up|demo|down|clean|status|shell HOST."""
+"""Drive the lab by hand: python -m tests.lab up [--two-pairs]|demo|down|clean|status|shell HOST."""
 
 import os
 import sys
@@ -9,8 +9,9 @@ from tests.lab import lab as labmod
 def main(argv):
     cmd = argv[0] if argv else "status"
     if cmd == "up":
-        labmod.Lab().up()
-        print("lab is up: hostA, hostB (python -m tests.lab shell hostA)")
+        names = [h.name for h in labmod.HOSTS] if "--two-pairs" in argv else ["hostA", "hostB"]
+        labmod.Lab(names).up()
+        print(f"lab is up: {', '.join(names)} (python -m tests.lab shell hostA)")
     elif cmd == "demo":
         from tests.lab import demo
 
@@ -25,7 +26,7 @@ def main(argv):
         left = labmod.leftovers()
         print("\n".join(left) if left else "no lab is running")
     elif cmd == "shell" and len(argv) == 2:
-        host = labmod.Lab().hosts[argv[1]]
+        host = labmod.Lab([argv[1]]).hosts[argv[1]]
         os.execvp("nsenter", host.argv(["bash", "-i"]))
     else:
         print(__doc__, file=sys.stderr)

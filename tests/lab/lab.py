@@ -21,10 +21,14 @@ from tests.lab import lvm as lablvm
 from tests.lab.hosts import DATA, LabHost
 
 CONTROL_IP = "10.77.0.1"
+# The demo pair, then a second pair that only the fleet tests build (Lab.extend).
 HOSTS = (
     LabHost("hostA", admin_ip="10.77.0.11", replication_ip="10.78.0.11"),
     LabHost("hostB", admin_ip="10.77.0.12", replication_ip="10.78.0.12"),
+    LabHost("hostC", admin_ip="10.77.0.13", replication_ip="10.78.0.13"),
+    LabHost("hostD", admin_ip="10.77.0.14", replication_ip="10.78.0.14"),
 )
+SECOND_PAIR = ("hostC", "hostD")
 PV_SIZE_MIB = 1024
 # Root of the test tiers' salt daemons (tests/conftest.py salt_factories_config).
 SALT_TEST_ROOT = Path("/tmp/pvsalt")
@@ -49,11 +53,14 @@ def create_control_namespace():
 
 
 class Lab:
-    """A pair of lab hosts (or a single one, for the functional tier)."""
+    """Lab hosts: a pair (the default), two pairs (the fleet tests), or a single host (the
+    functional tier). Hosts are paired in order: each pair has a replication link and a
+    public network (br0 joined by pub0) of its own."""
 
     def __init__(self, names=("hostA", "hostB"), pv_size_mib=PV_SIZE_MIB):
         self.hosts = {h.name: h for h in HOSTS if h.name in names}
         self.pv_size_mib = pv_size_mib
+        self.libvirt = True
 
     def up(self, libvirt=True, clean_first=True):
         """Build the lab; a leftover of a killed run is cleaned first.
@@ -65,20 +72,43 @@ class Lab:
             clean()
             create_control_namespace()
         DATA.mkdir(parents=True, exist_ok=True)
-        for host in self.hosts.values():
-            host.create()
-        self._wire()
-        for host in self.hosts.values():
-            host.configure_links()
-            self._create_storage(host)
-            if libvirt:
-                host.start_libvirt()
+        self.libvirt = libvirt
+        self._build(list(self.hosts.values()))
         return self
 
-    def _wire(self):
-        """Admin links to the control bridge, replication and public links between hosts."""
+    def extend(self, names=SECOND_PAIR):
+        """Add hosts (a second pair) to this running lab; ``down`` removes them with the rest."""
+        new = [h for h in HOSTS if h.name in names and h.name not in self.hosts]
+        self.hosts.update((h.name, h) for h in new)
+        self._build(new)
+        return [self.hosts[name] for name in names]
+
+    def retire(self, names=SECOND_PAIR):
+        """Remove hosts ``extend`` added: their daemons, namespaces, loop devices and files
+        (their VMs destroyed first, so no DRBD device of the shim maps their discs)."""
+        for name in names:
+            host = self.hosts.pop(name, None)
+            if host is None:
+                continue
+            host.stop_libvirt()
+            namespaces.delete_host_namespaces(name)
+            lablvm.detach_lab_loops(host.dir)
+            shutil.rmtree(host.dir, ignore_errors=True)
+
+    def _build(self, hosts):
+        for host in hosts:
+            host.create()
+        self._wire(hosts)
+        for host in hosts:
+            host.configure_links()
+            self._create_storage(host)
+            if self.libvirt:
+                host.start_libvirt()
+
+    def _wire(self, hosts):
+        """Admin links to the control bridge, replication and public links within each pair."""
         ctl = namespaces.netns_name(namespaces.CONTROL)
-        for host in self.hosts.values():
+        for host in hosts:
             ns = namespaces.netns_name(host.name)
             port = f"adm-{host.name}"
             namespaces.sh(["ip", "-n", ctl, "link", "add", port, "type", "veth",
@@ -86,16 +116,16 @@ class Lab:
             namespaces.sh(["ip", "-n", ctl, "link", "set", port, "master", "adm0", "up"])
             namespaces.sh(["ip", "-n", ns, "link", "add", "br0", "type", "bridge",
                            "forward_delay", "0"])
-        names = list(self.hosts)
-        if len(names) == 2:
-            a, b = (namespaces.netns_name(n) for n in names)
+        names = [host.name for host in hosts]
+        for first, second in zip(names[::2], names[1::2], strict=False):
+            a, b = namespaces.netns_name(first), namespaces.netns_name(second)
             for link in ("eth1", "pub0"):
                 namespaces.sh(["ip", "-n", a, "link", "add", link, "type", "veth",
                                "peer", "name", link, "netns", b])
-        else:
+        if len(names) % 2:
             # A single host still gets the interfaces the product expects;
             # their peers stay in the same namespace (this kernel has no dummy).
-            ns = namespaces.netns_name(names[0])
+            ns = namespaces.netns_name(names[-1])
             for link in ("eth1", "pub0"):
                 namespaces.sh(["ip", "-n", ns, "link", "add", link, "type", "veth",
                                "peer", "name", f"{link}-peer"])

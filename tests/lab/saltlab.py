@@ -61,22 +61,29 @@ class LabSaltMinion(SaltMinion):
         return namespaces.nsenter_argv(self.id) + super().cmdline(*args)
 
 
+# Pillar by minion id: the demo pair, and the second pair of the fleet tests.
 TEST_PILLAR_TOP = """base:
-  '*':
+  'hostA,hostB':
+    - match: list
     - pairvm
     - test_vms
+  'hostC,hostD':
+    - match: list
+    - second_pair
 """
 
 
 def make_test_pillar_root(root):
     """A pillar root for the tests: the example pillar plus ``test_vms.sls``,
-    which tests rewrite to define VMs (merged into ``pairvm:vms``)."""
+    which tests rewrite to define VMs (merged into ``pairvm:vms``), and
+    ``second_pair.sls``, the fleet tests' pair of hostC and hostD."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "top.sls").write_text(TEST_PILLAR_TOP)
     if not (root / "pairvm.sls").exists():
         (root / "pairvm.sls").symlink_to(REPO / "pillar" / "pairvm.sls")
-    (root / "test_vms.sls").write_text("{}\n")
+    for name in ("test_vms.sls", "second_pair.sls"):
+        (root / name).write_text("{}\n")
     return root
 
 

@@ -42,7 +42,8 @@ LAYOUT_DIRS = {"MACHINES_DIR": "machines", "DRBD_DIR": "drbd.d", "LOCK_DIR": "lo
                "SPLIT_BRAIN_DIR": "split-brain"}
 
 
-DRBD_OPTIONS = {"c_plan_ahead": 0, "resync_rate": "100M", "connect_int": 2}
+# As the master serves them: pillar's tuning, and the pair's secret (ext_pillar pairvm_registry).
+DRBD_OPTIONS = {"c_plan_ahead": 0, "resync_rate": "100M", "connect_int": 2, "shared_secret": "Zm9v+bar/baz="}
 PILLAR = {"pairvm": {
     "pair": {
         "hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
@@ -213,6 +214,7 @@ class Host:
         self.frames = []
         monkeypatch.setattr(MODULES["pairvm"], "_send_frame", self._send_frame)
         self.snapshot_of = {}  # "vg/snapshot": origin LV name
+        self.drbd_auth = {}  # resource: False when its running config has no peer authentication
         impls = {
             "config.get": self._config_get,
             "lvm.lvdisplay": self._lvdisplay,
@@ -227,6 +229,8 @@ class Host:
             "drbd.secondary": self._drbd_secondary,
             "drbd.resize": self._drbd_resize,
             "drbd.connect": self._drbd_connect,
+            "drbd.adjust": self._drbd_adjust,
+            "drbd.peer_auth": lambda: {name: self.drbd_auth.get(name, True) for name in self.drbd},
             "drbd.check_config": lambda path, node=None: "",
             "cmd.run_all": self._run_all,
         }
@@ -390,6 +394,11 @@ class Host:
                                         f"Device is attached to a disk (use detach first)")
         self.drbd[name] = drbd_state()
         self.drbd_backing[name] = next(mib for lv, mib in self.lvs.items() if lv.split("/")[1] == name)
+        return True
+
+    def _drbd_adjust(self, name):
+        self._need_up("adjust", name)
+        self.drbd_auth.pop(name, None)  # the running resource takes the file (and its secret)
         return True
 
     def _drbd_down(self, name):

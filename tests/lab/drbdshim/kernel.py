@@ -309,11 +309,21 @@ def finish_sync(st):
     md_sync_all(st)
 
 
+def peer_auth(hs):
+    """What a side's net config asks of its peer: (cram-hmac-alg, shared-secret), or Nones."""
+    opts = hs["net"]["opts"]
+    return opts.get("cram-hmac-alg"), opts.get("shared-secret")
+
+
 def wants_link(st):
     if len(st["hosts"]) != 2 or link_is_cut(st["name"]):
         return False
     a, b = st["hosts"].values()
     if not a["net"] or not b["net"]:
+        return False
+    if peer_auth(a) != peer_auth(b):
+        # drbd_do_auth: "Authentication of peer failed" (or "Peer authentication required"):
+        # the kernel drops the attempt and tries again at connect-int, WFConnection meanwhile
         return False
     return a["net"]["local"] == b["net"]["peer"] and a["net"]["peer"] == b["net"]["local"]
 

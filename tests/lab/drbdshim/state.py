@@ -103,7 +103,9 @@ def locked(name):
                     os.unlink(path)
             else:
                 tmp = f"{path}.{os.getpid()}"
-                with open(tmp, "w", encoding="utf-8") as fh:
+                # root only: it holds what the kernel holds, the peers' shared secret too
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w",
+                               encoding="utf-8") as fh:
                     json.dump(st, fh, indent=1, sort_keys=True)
                 os.replace(tmp, path)
         finally:

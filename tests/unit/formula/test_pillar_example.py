@@ -2,7 +2,7 @@
 
 import yaml
 
-from pairvmlib import defaults, images, network, schema
+from pairvmlib import alloc, defaults, images, network, schema
 from tests.unit.conftest import REPO
 
 
@@ -37,3 +37,18 @@ def test_pillar_example_documents_every_default_key():
     pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
     assert set(defaults.pillar()) - {"cli"} <= set(pairvm)
     assert set(defaults.BACKUP) <= set(pairvm["backup"])
+    assert set(defaults.POOL) <= set(pairvm["pool"])
+
+
+def test_pillar_example_second_pair_in_comments_is_valid_beside_the_first():
+    """The second pair the comments show is a valid pair that pair one does not clash with."""
+    text = (REPO / "pillar.example").read_text()
+    two = "\n".join(line[3:] for line in text.split("pillar/pairvm/two.sls")[1].split("---")[0].splitlines()
+                    if line.startswith("#   "))
+    one, two = yaml.safe_load(text)["pairvm"], yaml.safe_load(two)["pairvm"]
+    settings = {p["pair_name"]: schema.settings(p) for p in (one, two)}
+    assert sorted(settings) == ["one", "two"]
+    others = {"one": alloc.allocate_pair(settings["one"], schema.vms(one), {}, {})}
+    # the same pool, on another public network: its first free address
+    assert alloc.allocate_pair(settings["two"], schema.vms(two), {}, others)["vms"]["db1"]["alloc"]["ip"] \
+        == "203.0.113.5"

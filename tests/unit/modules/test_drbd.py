@@ -187,3 +187,66 @@ def test_a_new_connection_attempt_forgets_the_mark(drbd, call):
     mark(drbd, "vm1")
     getattr(drbd, call[0])(*call[1:])
     assert sorted(p.name for p in Path(layout.SPLIT_BRAIN_DIR).iterdir()) == ["vm1"]
+
+
+# drbdsetup-84 `show all` as 8.4.11 prints it: vm1 authenticates, vm2 does not, vm3 is
+# StandAlone (no connection configured: nothing to say)
+SHOW = """resource vm1 {
+    options {
+    }
+    net {
+        cram-hmac-alg       "sha1";
+        shared-secret       "Zm9v+bar/baz=";
+        after-sb-0pri       discard-zero-changes;
+    }
+    _remote_host {
+        address                 ipv4 10.78.0.12:7800;
+    }
+    _this_host {
+        address                 ipv4 10.78.0.11:7800;
+        volume 0 {
+            device                      minor 3;
+            disk                        "/dev/here/vm1";
+            meta-disk                   internal;
+        }
+    }
+}
+
+resource "disk" {
+    options {
+    }
+    net {
+        after-sb-0pri       discard-zero-changes;
+    }
+    _remote_host {
+        address                 ipv4 10.78.0.12:7801;
+    }
+    _this_host {
+        address                 ipv4 10.78.0.11:7801;
+    }
+}
+
+resource vm3 {
+    options {
+    }
+    _this_host {
+        volume 0 {
+            device                      minor 5;
+        }
+    }
+}
+"""
+
+
+def test_peer_auth_reads_show_once_and_never_returns_or_logs_the_secret(drbd):
+    drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": SHOW, "stderr": ""}
+    assert drbd.peer_auth() == {"vm1": True, "disk": False}
+    assert argv(drbd) == [["drbdsetup", "show", "all"]]
+    assert drbd.__salt__["cmd.run_all"].call_args.kwargs["output_loglevel"] == "quiet"
+
+
+@pytest.mark.parametrize("line", ['        cram-hmac-alg       "sha1";\n',
+                                  '        shared-secret       "Zm9v+bar/baz=";\n'])
+def test_the_algorithm_or_the_secret_alone_is_no_authentication(drbd, line):
+    drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": SHOW.replace(line, ""), "stderr": ""}
+    assert drbd.peer_auth()["vm1"] is False

@@ -159,6 +159,34 @@ def test_create_rewrites_a_machines_file_that_pillar_changed(host):
     assert host.actions() == []
 
 
+def test_create_without_a_drbd_secret_is_refused_and_changes_nothing(host):
+    del host.pillar["pairvm"]["drbd_options"]["shared_secret"]
+    before = host.snapshot()
+    for test in (False, True):
+        with pytest.raises(CommandExecutionError, match="no DRBD shared secret for VM vm1's pair: DRBD peers "
+                                                        "must authenticate"):
+            pairvm.create("vm1", test=test)
+    assert host.actions() == [] and host.snapshot() == before
+
+
+def test_create_has_a_running_resource_take_a_changed_file(host):
+    """A rotated secret (or other DRBD settings): the file, then ``drbdadm adjust`` of the running
+    resource."""
+    host.install("vm1", drbd=drbd_state())
+    host.drbd_auth["vm1"] = False
+    (host.drbd_dir / "global_common.conf").write_text(render.drbd_global_common(DRBD_OPTIONS))
+    host.pillar["pairvm"]["drbd_options"] = dict(DRBD_OPTIONS, shared_secret="rotated-secret")
+    changes = [f"write {host.drbd_dir}/vm1.res", "drbdadm adjust vm1"]
+    assert pairvm.create("vm1", test=True)["changes"] == changes
+    assert host.actions() == []
+    host.new_job()
+    assert pairvm.create("vm1")["changes"] == changes
+    assert 'shared-secret "rotated-secret";' in (host.drbd_dir / "vm1.res").read_text()
+    assert host.actions() == ["drbd.adjust"] and host.drbd_auth == {}
+    host.new_job()
+    assert pairvm.create("vm1")["changes"] == []
+
+
 def test_create_failing_midway_undoes_what_it_created(host):
     host.fail("drbd.up", CommandExecutionError("'drbdadm up vm1' failed with exit code 10: boom"))
     with pytest.raises(CommandExecutionError, match="drbdadm up vm1"):
@@ -471,6 +499,22 @@ def test_stop_of_a_stopped_vm_changes_nothing(host):
     host.install("vm1", drbd=drbd_state(), domain="defined")
     assert pairvm.stop("vm1")["changes"] == []
     assert host.actions() == []
+
+
+def test_a_steady_state_apply_asks_libvirt_once_whatever_the_number_of_vms(host):
+    """vm_stopped / vm_running of VMs already so (bench/vm_scale.py): one libvirt query per job."""
+    host.define("vm3", home="hostA", memory=64, disc="16M")
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    for name in ("vm2", "vm3"):
+        host.install(name, drbd=drbd_state(), domain="defined")
+    host.new_job()
+    assert [pairvm.stop(name)["changes"] for name in ("vm2", "vm3")] == [[], []]
+    assert pairvm.start("vm1")["changes"] == []
+    assert host.opened.call_count == 1 and host.actions() == []
+    host.new_job()  # a later job asks again: a VM started meanwhile is seen
+    host.domains["vm2"].active = True
+    host.drbd["vm2"] = drbd_state(role="Primary")
+    assert pairvm.stop("vm2")["changes"] == ["virsh destroy vm2", "drbdadm secondary vm2"]
 
 
 def test_stop_demotes_a_primary_left_without_a_vm(host):

@@ -79,6 +79,7 @@ class FactsHost:
             "config.get": mock.Mock(side_effect=lambda key, default=None: default),
             "drbd.status": mock.Mock(return_value={name: {"connection": "Connected", "disk": "UpToDate"}
                                                    for name in definitions}),
+            "drbd.peer_auth": mock.Mock(return_value={name: name != "vm2" for name in definitions}),
             "lvm.lvdisplay": mock.Mock(return_value=lvdisplay),
             "cmd.run_all": mock.Mock(return_value={"retcode": 0, "stdout": json.dumps(VGS), "stderr": ""}),
         }
@@ -101,6 +102,7 @@ def queries(host):
         "libvirt.open": host.open.call_count,
         "listAllDomains": host.conn.listAllDomains.call_count,
         "drbd.status": host.salt["drbd.status"].call_count,
+        "drbd.peer_auth": host.salt["drbd.peer_auth"].call_count,
         "lvm.lvdisplay": host.salt["lvm.lvdisplay"].call_count,
         "vgs": host.salt["cmd.run_all"].call_count,
     }
@@ -110,8 +112,8 @@ def queries(host):
 def test_facts_asks_each_thing_once_whatever_the_number_of_vms(tmp_path, monkeypatch, loader_mock, count):
     host = FactsHost(tmp_path, monkeypatch, loader_mock, count)
     facts = pairvm.facts()
-    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "lvm.lvdisplay": 1,
-                             "vgs": 1}
+    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "drbd.peer_auth": 1,
+                             "lvm.lvdisplay": 1, "vgs": 1}
     assert len(facts["machines"]) == count
     # XMLDesc is a libvirt call, not a process: once per running pairvm domain, never for others
     assert sorted(host.xmldesc_calls) == sorted(host.records)
@@ -135,6 +137,7 @@ def test_facts_returns_plain_data_verify_can_compare(facts_host):
     assert facts["running"] == ["not-pairvm", "vm1", "vm2"]
     assert facts["vnc"] == {"vm1": "127.0.0.1", "vm2": "127.0.0.1"}
     assert facts["drbd"]["vm1"] == {"connection": "Connected", "disk": "UpToDate"}
+    assert facts["drbd_auth"] == {"vm1": True, "vm2": False}
     assert facts["lvs"] == {"here/vm1": 16, "there/vm2": 16}
     assert facts["volume_groups"] == {"here": {"size": "1020.00m", "free": "1000.00m"},
                                       "there": {"size": "1020.00m", "free": "1020.00m"}}

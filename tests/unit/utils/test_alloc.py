@@ -368,3 +368,78 @@ def test_alloc_is_pure():
     source = Path(alloc.__file__).read_text()
     for word in ("open(", "subprocess", "os.", "socket", "__salt__"):
         assert word not in source
+
+
+# --- several pairs ---------------------------------------------------------------------------------
+
+
+def second(network="default", pair_name="two", hosts=("hostC", "hostD"), cidr="203.0.113.0/28",
+           gateway="203.0.113.1"):
+    return schema.settings({
+        "pair_name": pair_name,
+        "pair": {hosts[0]: {"admin_ip": "192.0.2.13", "replication_ip": "198.51.100.13"},
+                 hosts[1]: {"admin_ip": "192.0.2.14", "replication_ip": "198.51.100.14"}},
+        "pool": {"cidr": cidr, "gateway": gateway, "network": network},
+    })
+
+
+@pytest.fixture
+def first_pair():
+    """Pair "default" (SETTINGS) with vm1 allocated: 203.0.113.5, 52:54:00:00:00:01."""
+    return alloc.allocate_pair(SETTINGS, {"vm1": vm()}, {}, {})
+
+
+def test_allocate_pair_records_the_pair_and_takes_no_mac_another_pair_holds(first_pair):
+    assert first_pair["pair"] == {"name": "default", "hosts": PAIR,
+                                  "pool": {"cidr": "203.0.113.0/28", "network": "default"}}
+    two = alloc.allocate_pair(second(network="dc2"), {"db1": vm()}, {}, {"default": first_pair})
+    assert two["vms"]["db1"]["alloc"] == {"ip": "203.0.113.5", "mac": "52:54:00:00:00:02", "drbd_port": 7800,
+                                          "drbd_minor": 0, "vnc_display": 1}
+    assert alloc.fleet_collisions({"default": first_pair, "two": two}) == []
+
+
+@pytest.mark.parametrize("settings, names, message", [
+    (second(), {"db1"}, "pool: 203.0.113.0/28 overlaps pair 'default''s pool 203.0.113.0/28 on the same "
+                        "public network 'default' (pool.network)"),
+    (second(cidr="203.0.113.8/29", gateway="203.0.113.9"), {"db1"}, "overlaps pair 'default''s pool"),
+    (second(network="dc2"), {"vm1"}, "vm 'vm1': is a VM of pair 'default' already: VM names are unique"),
+    (second(network="dc2", hosts=("hostC", "hostB")), {"db1"},
+     "pair.hostB: is a host of pair 'default' already"),
+])
+def test_pair_problems_between_pairs(first_pair, settings, names, message):
+    problems = alloc.pair_problems(settings, names, {}, {"default": first_pair})
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_a_pool_beside_on_the_same_network_is_fine(first_pair):
+    beside = second(cidr="203.0.113.16/28", gateway="203.0.113.17")
+    assert alloc.pair_problems(beside, {"db1"}, {}, {"default": first_pair}) == []
+
+
+def test_a_registry_recorded_for_other_hosts_keeps_its_pair_name(first_pair):
+    other = second(network="dc2", pair_name="default")
+    message = "pair 'default' is registered with hosts hostA, hostB, but this pillar gives it hostC, hostD"
+    assert message in alloc.pair_problems(other, {"vm1"}, first_pair, {})[0]
+    # a pair whose registry holds no VM may get new hosts
+    assert alloc.pair_problems(other, set(), dict(first_pair, vms={}), {}) == []
+
+
+def test_allocate_pair_reports_every_problem_at_once_and_saves_nothing(first_pair):
+    text = errors_of(alloc.allocate_pair, second(), {"db1": vm(mac="52:54:00:00:00:01")}, {},
+                     {"default": first_pair})
+    assert "overlaps pair 'default''s pool" in text
+    assert "vm 'db1': mac: '52:54:00:00:00:01' is already allocated in pair 'default' to vm 'vm1'" in text
+
+
+def test_fleet_collisions_name_what_two_pairs_share(first_pair):
+    two = copy.deepcopy(first_pair)
+    two["pair"] = dict(two["pair"], name="two")
+    assert alloc.fleet_collisions({"default": first_pair, "two": two}) == [
+        "vm 'vm1' is in pair 'default' and pair 'two'",
+        "mac '52:54:00:00:00:01' is in pair 'default' and pair 'two'",
+        "host 'hostA' is in pair 'default' and pair 'two'",
+        "host 'hostB' is in pair 'default' and pair 'two'",
+        "pair 'default': pool: 203.0.113.0/28 overlaps pair 'two''s pool 203.0.113.0/28 on the same public "
+        "network 'default' (pool.network): give the pairs pools that do not overlap, or set pool.network if "
+        "they are on separate public networks",
+    ]

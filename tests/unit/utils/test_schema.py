@@ -139,6 +139,7 @@ def test_sizes_in_larger_units(number, unit):
 def test_settings_fill_the_defaults():
     result = schema.settings({"pair": PAIR})
     assert result == {
+        "pair_name": "default",
         "pair": PAIR,
         "pool": None,
         "drbd": {"port_range": [7800, 7999], "minor_range": [0, 199]},
@@ -157,11 +158,14 @@ def test_settings_normalize_and_pass_other_keys_through():
         pool={"cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "reserve_first": 0,
               "reserved": ["203.0.113.9", "203.0.113.7", "203.0.113.9"]},
         mac_prefix="0A:BC:DE", drbd={"port_range": (7000, 7010)}, libvirt_uri="qemu:///system",
-        cli={"path": "/usr/local/sbin/pairvm"}, bridge=None,
+        cli={"path": "/usr/local/sbin/pairvm"}, bridge=None, pair_name="dc1-b",
     )
     result = schema.settings(raw)
     assert result["pool"] == {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "reserve_first": 0,
-                              "reserved": ["203.0.113.7", "203.0.113.9"]}
+                              "reserved": ["203.0.113.7", "203.0.113.9"], "network": "default"}
+    assert result["pair_name"] == "dc1-b"
+    network = schema.settings(pillar(pool={**raw["pool"], "network": "dc2.public"}))["pool"]["network"]
+    assert network == "dc2.public"
     assert result["mac_prefix"] == "0a:bc:de"
     assert result["drbd"] == {"port_range": [7000, 7010], "minor_range": [0, 199]}
     assert result["bridge"] == "br0"
@@ -189,6 +193,12 @@ BAD_SETTINGS = [
      "pair.hostB.admin_ip: is not a valid IPv4 address, got '192.0.2.300'"),
     ({"pair": {**PAIR, "hostB": {"admin_ip": "192.0.2.12"}}}, "pair.hostB.replication_ip: must be"),
     ({"pair": {**PAIR, "hostB": {**PAIR["hostB"], "ssh": "x"}}}, "pair.hostB: unknown key(s) ssh"),
+    ({"pair_name": "Two"}, "pair_name: must be 1 to 32 characters: a lower-case letter"),
+    ({"pair_name": "../x"}, "pair_name: must be 1 to 32 characters"),
+    ({"pair_name": "a" * 33}, "pair_name: must be 1 to 32 characters"),
+    ({"pair_name": 2}, "pair_name: must be"),
+    ({"pool": {**POOL, "network": "dc 2"}}, "pool.network: must be a word of 1 to 64 letters"),
+    ({"pool": {**POOL, "network": "-x"}}, "pool.network: must be a word"),
     ({"pool": {**POOL, "cidr": "203.0.113.1/24"}}, "pool.cidr: is not a valid IPv4 network"),
     ({"pool": {**POOL, "cidr": "203.0.113.0"}}, "pool.cidr: must be an IPv4 network"),
     ({"pool": {**POOL, "cidr": "2001:db8::/64"}}, "pool.cidr: is not a valid IPv4 network"),

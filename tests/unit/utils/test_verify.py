@@ -24,6 +24,7 @@ UP = {"role": "Secondary", "peer_role": "Secondary", "connection": "Connected",
       "volume": 0, "suspended": "no", "standalone": False, "split_brain": False, "connected": True,
       "syncing": False, "up_to_date": True}
 NO_ANSWER = object()
+PING_ONLY = object()  # answers test.ping, then nothing
 
 
 
@@ -38,27 +39,61 @@ def drbd(**changes):
 
 
 class Pair:
-    """The master (pillar, registry on disk) and what each host's pairvm.facts answers."""
+    """The master (pillars, registries on disk) and what each host's pairvm.facts answers.
+    ``add_two()`` adds the pair "two" (hostC, hostD)."""
 
     def __init__(self, tmp_path, monkeypatch, loader_mock):
-        self.pillar = copy.deepcopy(PILLAR)
+        self.pillars = {"default": copy.deepcopy(PILLAR)}
         self.cachedir = tmp_path / "cache"
-        self.registry_path = self.cachedir / "pairvm" / "registry.json"
         opts = {"cachedir": str(self.cachedir), "conf_file": str(tmp_path / "master")}
+        self.opts = opts
         loader_mock(runner, salt={}, opts=opts)
-        monkeypatch.setattr(runner, "_pillar", lambda minion=None: copy.deepcopy(self.pillar))
+        monkeypatch.setattr(runner, "_pillar", self.pillar_of)
         monkeypatch.setattr(master.salt.client, "get_local_client", lambda conf_file=None, **kw: self)
-        self.calls = []
-        settings, definitions = schema.settings(self.pillar), schema.vms(self.pillar)
-        self.registry = alloc.allocate(settings, definitions, {"vms": {}})
-        self.save_registry()
-        self.facts = {host: self.host_facts(host, settings, definitions) for host in HOSTS}
-        self.answers = {}  # host: NO_ANSWER or (retcode, ret) to override the facts
+        self.calls, self.registries, self.facts = [], {}, {}
+        self.answers = {}  # host: NO_ANSWER, PING_ONLY or (retcode, ret) to override the facts
+        self.add("default")
 
-    def host_facts(self, host, settings, definitions):
+    @property
+    def pillar(self):
+        return self.pillars["default"]
+
+    @property
+    def registry(self):
+        return self.registries["default"]
+
+    @property
+    def registry_path(self):
+        return self.path("default")
+
+    def path(self, pair):
+        return self.cachedir / "pairvm" / "pairs" / pair / "registry.json"
+
+    def pillar_of(self, minion):
+        return copy.deepcopy(next(p for p in self.pillars.values() if minion in p["pair"]))
+
+    def add(self, name, pillar=None):
+        if pillar is not None:
+            self.pillars[name] = pillar
+        settings, definitions = schema.settings(self.pillars[name]), schema.vms(self.pillars[name])
+        others = {other: saved for other, saved in self.registries.items() if other != name}
+        self.registries[name] = alloc.allocate_pair(settings, definitions, {"vms": {}}, others)
+        self.save_registry(name)
+        for host in settings["pair"]:
+            self.facts[host] = self.host_facts(host, settings, definitions, self.registries[name])
+
+    def add_two(self):
+        two = copy.deepcopy(PILLAR)
+        two.update(pair_name="two", vms={"db1": {"home": "hostC", "memory": 256, "disc": "1G"}},
+                   pair={"hostC": {"admin_ip": "10.77.0.13", "replication_ip": "10.78.0.13"},
+                         "hostD": {"admin_ip": "10.77.0.14", "replication_ip": "10.78.0.14"}})
+        two["pool"] = dict(two["pool"], network="dc2")
+        self.add("two", two)
+
+    def host_facts(self, host, settings, definitions, saved):
         machines, lvs, vnc, running = {}, {}, {}, []
         for name, definition in definitions.items():
-            record = schema.record(name, definition, self.registry["vms"][name]["alloc"], settings)
+            record = schema.record(name, definition, saved["vms"][name]["alloc"], settings)
             text = schema.dump_record(record)
             vg = record["hosts"][host]["vg"]
             machines[name] = {"digest": render.machines_digest(text), "home": record["home"],
@@ -74,15 +109,16 @@ class Pair:
             "drbd": {name: drbd(role="Primary" if name in running else "Secondary",
                                 peer_role="Secondary" if name in running else "Primary")
                      for name in machines},
+            "drbd_auth": {name: True for name in machines},
             "running": sorted(running + ["other-guest"]), "vnc": vnc, "lvs": lvs,
             "volume_groups": {"here": {"size": "1020.00m", "free": "0m"},
                               "there": {"size": "1020.00m", "free": "0m"}},
             "tools_missing": [], "bridges": {"br0": {"present": True, "state": "up"}}, "errors": {},
         }
 
-    def save_registry(self):
-        self.registry_path.parent.mkdir(parents=True, exist_ok=True)
-        self.registry_path.write_text(json.dumps(self.registry, indent=2, sort_keys=True))
+    def save_registry(self, name="default"):
+        self.path(name).parent.mkdir(parents=True, exist_ok=True)
+        self.path(name).write_text(json.dumps(self.registries[name], indent=2, sort_keys=True))
 
     # the LocalClient ---------------------------------------------------------------------------
 
@@ -92,11 +128,17 @@ class Pair:
         ret = {}
         for host in tgt:
             answer = self.answers.get(host)
-            if answer is NO_ANSWER:
+            if answer is NO_ANSWER or (answer is PING_ONLY and fun != "test.ping"):
+                continue
+            if fun == "test.ping":
+                ret[host] = {"ret": True, "retcode": 0, "jid": "1"}
                 continue
             retcode, value = answer if answer else (0, copy.deepcopy(self.facts[host]))
             ret[host] = {"ret": value, "retcode": retcode, "jid": "1"}
         return ret
+
+    def facts_calls(self):
+        return [c for c in self.calls if c["fun"] != "test.ping"]
 
 
 @pytest.fixture
@@ -119,20 +161,22 @@ def assert_fails(result):
 def test_a_healthy_pair_has_no_findings(pair):
     result = runner.verify()
     assert result == {"ok": True, "summary": "0 errors, 0 warnings", "lines": [], "findings": [],
-                      "retcode": 0}
+                      "retcode": 0, "pairs": ["default"]}
     assert runner.__context__.get("retcode", 0) == 0
 
 
 def test_verify_asks_both_hosts_once_in_one_call(pair):
     runner.verify(timeout=15)
-    assert pair.calls == [{"tgt": ["hostA", "hostB"], "fun": "pairvm.facts", "arg": [], "tgt_type": "list",
-                           "kwarg": {"bridges": ["br0"]}, "timeout": 15, "full_return": True}]
+    assert [c["fun"] for c in pair.calls] == ["test.ping", "pairvm.facts"]
+    assert pair.facts_calls() == [{"tgt": ["hostA", "hostB"], "fun": "pairvm.facts", "arg": [],
+                                   "tgt_type": "list", "kwarg": {"bridges": ["br0"]}, "timeout": 15,
+                                   "full_return": True}]
 
 
 def test_verify_asks_for_every_bridge_the_vms_use(pair):
     pair.pillar["vms"]["vm2"]["bridge"] = "br1"
     runner.verify()
-    assert pair.calls[0]["kwarg"] == {"bridges": ["br0", "br1"]}
+    assert pair.facts_calls()[0]["kwarg"] == {"bridges": ["br0", "br1"]}
 
 
 def test_verify_reads_the_registry_without_locking_or_writing_it(pair):
@@ -145,9 +189,10 @@ def test_verify_reads_the_registry_without_locking_or_writing_it(pair):
     assert sorted(p.name for p in pair.registry_path.parent.iterdir()) == ["registry.json"]
 
 
-def test_verify_without_a_registry_file_is_fine(pair):
+def test_verify_without_a_registry_has_no_pair_to_check(pair):
     pair.registry_path.unlink()
-    assert runner.verify()["ok"] is True
+    result = runner.verify()
+    assert (result["ok"], result["pairs"], pair.calls) == (True, [], [])
 
 
 # --- each fault gives its code -----------------------------------------------------------------------
@@ -253,7 +298,7 @@ def test_memory_over_the_cap(pair):
     pair.pillar["memory_cap"] = 512
     result = runner.verify()
     assert codes(result) == [("ERROR", "EMEMCAP", None, None)]
-    assert result["lines"] == ["ERROR EMEMCAP pair: the pair's 2 VMs total 768 MiB of memory, over "
+    assert result["lines"] == ["ERROR EMEMCAP pair default: the pair's 2 VMs total 768 MiB of memory, over "
                                "pairvm:memory_cap 512 MiB"]
     assert_fails(result)
 
@@ -276,8 +321,8 @@ def test_an_allocation_collision_in_the_registry(pair):
     pair.save_registry()
     result = runner.verify()
     assert codes(result) == [("ERROR", "EALLOCCOLLISION", None, None)]
-    assert result["lines"] == ["ERROR EALLOCCOLLISION pair: ip '10.79.0.5' is allocated to more than one "
-                               "VM: 'vm1', 'vm2'"]
+    assert result["lines"] == ["ERROR EALLOCCOLLISION pair default: ip '10.79.0.5' is allocated to more "
+                               "than one VM: 'vm1', 'vm2'"]
     assert_fails(result)
 
 
@@ -286,14 +331,23 @@ def test_an_unreadable_registry_is_reported(pair):
     result = runner.verify()
     assert codes(result) == [("ERROR", "EQUERYFAILED", None, None)]
     assert "cannot read the registry" in result["findings"][0]["message"]
+    assert result["lines"][0].startswith("ERROR EQUERYFAILED pair default: cannot read the registry")
 
 
-def test_a_host_that_does_not_answer(pair):
+def test_a_host_that_does_not_answer_is_not_asked_for_facts(pair):
     pair.answers["hostB"] = NO_ANSWER
     result = runner.verify(timeout=7)
     assert codes(result) == [("ERROR", "EHOSTDOWN", None, "hostB")]
-    assert result["lines"][0].startswith("ERROR EHOSTDOWN @hostB: did not answer pairvm.facts within 7s")
+    assert result["lines"][0].startswith("ERROR EHOSTDOWN @hostB: did not answer within 8 s: is the host up")
+    assert pair.facts_calls()[0]["tgt"] == ["hostA"]
     assert_fails(result)
+
+
+def test_a_host_that_answers_the_ping_but_not_facts(pair):
+    pair.answers["hostB"] = PING_ONLY
+    result = runner.verify(timeout=7)
+    assert codes(result) == [("ERROR", "EHOSTDOWN", None, "hostB")]
+    assert result["lines"][0].startswith("ERROR EHOSTDOWN @hostB: did not answer within 7 s")
 
 
 def test_no_host_answering(pair):
@@ -440,14 +494,62 @@ def test_errors_come_first_then_warnings_each_sorted(pair):
         "ERROR ETOOLMISSING @hostB", "ERROR EVNCNOTLOCAL vm1@hostA", "WARNING EVMUNKNOWN zzz@hostA"]
     assert result["summary"] == "2 errors, 1 warning"
     for finding in result["findings"]:
-        assert set(finding) == {"severity", "code", "vm", "host", "message"}
+        assert set(finding) == {"severity", "code", "vm", "host", "message", "pair"}
+        assert finding["pair"] == "default"
+    assert result["pairs"] == ["default"]
 
 
-def test_an_invalid_pillar_is_an_error_not_a_crash(pair):
+def test_an_invalid_pillar_is_a_finding_not_a_crash(pair):
     pair.pillar["vms"]["vm1"]["memory"] = -1
     result = runner.verify()
-    assert result["retcode"] == 1 and "vm 'vm1': memory" in result["error"]
-    assert pair.calls == []
+    assert codes(result) == [("ERROR", "EQUERYFAILED", None, None)]
+    assert result["lines"][0].startswith("ERROR EQUERYFAILED pair default: vm 'vm1': memory")
+
+
+# --- peer authentication, several pairs -------------------------------------------------------------
+
+
+def test_a_resource_without_peer_authentication(pair):
+    pair.facts["hostB"]["drbd_auth"]["vm2"] = False
+    result = runner.verify()
+    assert codes(result) == [("ERROR", "EDRBDNOAUTH", "vm2", "hostB")]
+    assert result["lines"][0].startswith("ERROR EDRBDNOAUTH vm2@hostB: DRBD resource vm2 is configured to "
+                                         "connect without peer authentication")
+    assert_fails(result)
+
+
+def test_two_pairs_are_verified_in_one_publish_each_against_its_own_pillar(pair):
+    pair.add_two()
+    result = runner.verify()
+    assert (result["ok"], result["pairs"]) == (True, ["default", "two"]), result["lines"]
+    assert [c["tgt"] for c in pair.calls] == [["hostA", "hostB", "hostC", "hostD"]] * 2
+    del pair.facts["hostD"]["machines"]["db1"]
+    pair.answers["hostA"] = NO_ANSWER
+    result = runner.verify()
+    assert {(f["pair"], f["code"], f["vm"], f["host"]) for f in result["findings"]} == {
+        ("default", "EHOSTDOWN", None, "hostA"), ("two", "EVMMISSING", "db1", "hostD")}
+    only_two = runner.verify(pair="two")
+    assert only_two["pairs"] == ["two"] and codes(only_two) == [("ERROR", "EVMMISSING", "db1", "hostD")]
+    assert pair.calls[-1]["tgt"] == ["hostC", "hostD"]
+
+
+def test_a_mac_given_in_two_pairs_is_a_collision(pair):
+    pair.add_two()
+    pair.registries["two"]["vms"]["db1"]["alloc"]["mac"] = pair.registry["vms"]["vm1"]["alloc"]["mac"]
+    pair.save_registry("two")
+    result = runner.verify()
+    assert codes(result) == [("ERROR", "EALLOCCOLLISION", None, None)]
+    assert result["lines"] == ["ERROR EALLOCCOLLISION pair: mac '52:54:00:00:00:01' is in pair 'default' "
+                               "and pair 'two'"]
+    assert codes(runner.verify(pair="two")) == codes(result)
+
+
+def test_overlapping_pools_of_two_pairs_on_one_network_are_a_collision(pair):
+    pair.add_two()
+    pair.registries["two"]["pair"]["pool"]["network"] = "default"
+    pair.save_registry("two")
+    assert "overlaps pair 'two''s pool 10.79.0.0/24 on the same public network 'default'" in \
+        runner.verify()["lines"][0]
 
 
 def test_every_code_is_documented():
