@@ -211,10 +211,18 @@ def _running_vms(host):
 @_operation
 def resize(name, size):
     """
-    Grow VM ``name``'s disc to ``size`` on both hosts, then resize DRBD.
+    Grow VM ``name``'s disc to ``size`` on both hosts, then resize DRBD, and record it.
 
     The peer's LV grows first, then the home host's, which then has DRBD use
-    the new size. A shrink is refused before anything changes.
+    the new size; each host's ``/machines/<name>`` then says the new size. A
+    shrink or a bad size is refused before anything changes. The size is
+    then kept in the registry, so that the VM states (``pairvm.vms``, which
+    write ``/machines/<name>`` from pillar) keep it: in the definition of a
+    VM created with ``salt-run pairvm.create``; for a VM of the pillar files,
+    beside its allocation (served as pillar ``pairvm:resized``; its record
+    takes the larger of that and the pillar's ``disc``). Set the new ``disc``
+    in the pillar files too: until then ``salt-run pairvm.verify`` warns
+    (``EDISCGROWN``). Running it again after a failure finishes the job.
 
     CLI Example:
 
@@ -223,9 +231,18 @@ def resize(name, size):
         salt-run pairvm.resize vm1 20G
     """
     schema.validate_name(name)
-    record = _call(_pair(schema.settings(_pillar()))[0], "pairvm.pillar_record", name)
-    home = record["home"]
-    return {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], home)}
+    new_mib = schema.parse_size_mib(size)
+    pairvm = _pillar()
+    settings = schema.settings(pairvm)
+    record = _call(_pair(settings)[0], "pairvm.pillar_record", name)
+    hosts = {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], record["home"])}
+    pillar_mib = schema.vms(pairvm).get(name, {}).get("disc_mib", 0)
+    with registry.locked(__opts__) as box:
+        box["registry"] = registry.record_disc(box["registry"], name, new_mib, pillar_mib)
+    for host in _pair(settings):
+        _call(host, "saltutil.refresh_pillar", wait=True)
+    return {"name": name, "disc_mib": new_mib, "hosts": hosts,
+            "comment": f"VM {name}'s disc is {new_mib} MiB on both hosts, recorded in the registry"}
 
 
 # --- split brain ----------------------------------------------------------------------------
@@ -367,6 +384,7 @@ def verify(timeout=60):
     - ``EVMRUNNINGTWICE``: a VM running on both hosts
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
+    - ``EDISCGROWN``: a VM's LVs bigger than its pillar disc (WARNING while the registry keeps the size)
     - ``EMEMCAP``: the pair's VM memory over ``pairvm:memory_cap``
     - ``EALLOCCOLLISION``: the registry gives one value to two VMs
     - ``ETOOLMISSING``: a required tool is missing on a host

@@ -1,4 +1,4 @@
-"""The master's registry of allocations and CLI-created VMs (docs/data-model.md).
+"""The master's registry of allocations, CLI-created VMs and grown discs (docs/data-model.md).
 
 One JSON file under the master's cachedir (``layout.registry_path``),
 written only by the ``pairvm`` runner (``locked``: the whole read, change,
@@ -8,11 +8,13 @@ needs no lock).
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
 
 from pairvmlib import layout
+from pairvmlib.errors import Failed
 
 
 def read(opts):
@@ -42,11 +44,30 @@ def locked(opts):
 
 
 def as_pillar(registry):
-    """What the ext_pillar serves: pillar ``pairvm:allocations`` and the CLI-created VMs."""
+    """What the ext_pillar serves: pillar ``pairvm:allocations``, the CLI-created VMs and
+    ``pairvm:resized`` (the disc size ``salt-run pairvm.resize`` gave a pillar-defined VM)."""
     vms = registry.get("vms", {})
     return {
         "pairvm": {
             "allocations": {name: entry["alloc"] for name, entry in vms.items()},
             "vms": {name: entry["definition"] for name, entry in vms.items() if entry.get("definition")},
+            "resized": {name: entry["disc_mib"] for name, entry in vms.items() if entry.get("disc_mib")},
         }
     }
+
+
+def record_disc(registry, name, disc_mib, pillar_mib):
+    """A copy of ``registry`` that keeps VM ``name``'s disc at ``disc_mib`` MiB: in its
+    definition for a VM created from the CLI, else as the entry's ``disc_mib`` while the
+    pillar files give less (``pillar_mib``)."""
+    updated = copy.deepcopy(registry)
+    entry = updated.get("vms", {}).get(name)
+    if entry is None:
+        raise Failed(f"VM {name} has no entry in the registry: run salt-run pairvm.allocate")
+    if entry.get("definition"):
+        entry["definition"]["disc_mib"] = disc_mib
+    elif disc_mib > pillar_mib:
+        entry["disc_mib"] = disc_mib
+    else:
+        entry.pop("disc_mib", None)
+    return updated
