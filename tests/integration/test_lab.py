@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import yaml
 
 from tests.lab.hosts import REPO
 
@@ -36,7 +37,15 @@ def test_each_minion_runs_inside_its_own_host(salt_cli):
 )
 def test_the_file_server_does_not_serve_pillar(salt_cli, path):
     ret = salt_cli.run("cp.get_file_str", path, minion_tgt="hostA")
-    assert not ret.data, f"{path} was served: {ret.data!r}"
+    # the minion answered (a minion that did not would give no False) and found nothing
+    assert ret.returncode == 0 and ret.data is False, f"{path}: {ret!r}"
+
+
+def test_the_file_server_serves_the_formula(salt_cli):
+    """The positive control of the test above: a file the master does serve arrives."""
+    ret = salt_cli.run("cp.get_file_str", "salt://pairvm/init.sls", minion_tgt="hostA")
+    assert ret.returncode == 0
+    assert ret.data == (REPO / "salt" / "pairvm" / "init.sls").read_text()
 
 
 def test_no_pillar_file_is_listed_by_the_file_server(salt_cli):
@@ -85,10 +94,13 @@ def test_host_setup_converges_and_a_second_apply_changes_nothing(salt_cli, salt_
     view = json.loads(lab.hosts["hostA"].run(["cat", "/machines/_global"]).stdout)
     assert (view["me"], view["peer"]) == ("hostA", "hostB")
     assert json.loads(lab.hosts["hostB"].run(["cat", "/machines/_global"]).stdout)["me"] == "hostB"
-    for states in salt_cli.run("state.apply", "pairvm", "test=True", minion_tgt="*").data.values():
+    planned = salt_cli.run("state.apply", "pairvm", "test=True", minion_tgt="*").data
+    assert set(planned) == {"hostA", "hostB"} and all(planned.values()), planned
+    for states in planned.values():
         pending = [k for k, s in states.items() if s["changes"] or s["result"] is None]
         assert not pending, pending
     again = salt_cli.run("state.apply", "pairvm", minion_tgt="*")
+    assert set(again.data) == {"hostA", "hostB"} and all(again.data.values()), again
     for host, states in again.data.items():
         changed = [k for k, s in states.items() if s["changes"]]
         assert not changed, (host, changed)
@@ -125,7 +137,11 @@ def test_host_command_prints_the_old_table(salt_cli, lab, minions):
     assert out.splitlines()[0].split() == [
         "NAME", "MEM", "DISC", "RUN", "WHERE", "VNC", "DRBD", "DISK", "MAC", "IP",
     ]
-    assert "RAM here: 0 MiB" in out
+    # the VMs homed here, whatever other test modules left defined (none, normally)
+    homed = [yaml.safe_load(path.read_text()) for path in (host.root / "machines").glob("*")
+             if not path.name.startswith("_")]
+    here = sum(record["memory"] for record in homed if record["home"] == "hostA")
+    assert f"RAM here: {here} MiB" in out
     check = host.run(["/usr/local/sbin/pairvm", "check_system"])
     assert "host is ready for pairvm" in check.stdout
     assert "usage: pairvm list" in host.run(["/usr/local/sbin/pairvm", "help", "list"]).stdout

@@ -49,4 +49,5 @@ def test_allocations_of_all_vms_and_definitions_of_cli_created_ones(cachedir):
 def test_an_empty_registry_adds_empty_maps(cachedir):
     (cachedir / "pairvm").mkdir()
     (cachedir / "pairvm" / "registry.json").write_text(json.dumps({"vms": {}}))
-    assert registry_pillar.ext_pillar("hostA", {}) == {"pairvm": {"allocations": {}, "vms": {}, "resized": {}}}
+    assert registry_pillar.ext_pillar("hostA", {}) == {
+        "pairvm": {"allocations": {}, "vms": {}, "resized": {}}}

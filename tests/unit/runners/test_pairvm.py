@@ -373,8 +373,9 @@ def test_resize_grows_the_peer_then_the_home_then_records_the_size(allocated):
     resizing(allocated)
     ret = runner.resize("vm1", "2G")
     order = allocated.functions()
-    assert order == [("hostA", "pairvm.pillar_record"), ("hostB", "pairvm.resize"), ("hostA", "pairvm.resize"),
-                     ("hostA", "saltutil.refresh_pillar"), ("hostB", "saltutil.refresh_pillar")]
+    assert order == [("hostA", "pairvm.pillar_record"), ("hostB", "pairvm.resize"),
+                     ("hostA", "pairvm.resize"), ("hostA", "saltutil.refresh_pillar"),
+                     ("hostB", "saltutil.refresh_pillar")]
     assert ret == {"name": "vm1", "disc_mib": 2048,
                    "hosts": {"hostB": {"name": "vm1", "changes": ["2G"]},
                              "hostA": {"name": "vm1", "changes": ["2G"]}},
