@@ -108,11 +108,15 @@ def minor(host, name):
     return salt.utils.yaml.safe_load(host.run(["cat", f"/machines/{name}"]).stdout)["drbd_minor"]
 
 
-def home_disc_sha(host, name, size):
-    """sha256 of the first ``size`` bytes of the VM's disc on its home ``host``: its backing
-    LV, which DRBD writes through to (not /dev/drbdN: real 8.4 does not open a Secondary)."""
-    out = host.run(["sh", "-c", f"head -c {size} /dev/here/{name} | sha256sum"]).stdout
-    return out.split()[0]
+def home_disc_sha(salt_cli, host, name, size):
+    """sha256 of the first ``size`` bytes of the stopped VM's disc as its home ``host`` sees
+    it: through /dev/drbdN, promoted for the read (real 8.4 does not open a Secondary)."""
+    assert salt_cli.run("drbd.primary", name, minion_tgt=host.name).returncode == 0
+    try:
+        return host.run(["sh", "-c", f"head -c {size} /dev/drbd{minor(host, name)} | sha256sum"]
+                        ).stdout.split()[0]
+    finally:
+        assert salt_cli.run("drbd.secondary", name, minion_tgt=host.name).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +210,7 @@ def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
             ["ssh", "drbdadm", "ssh", "drbdadm"], planned
         restored = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "confirm=True", minion_tgt="hostB")
         assert restored.returncode == 0, restored
-        assert home_disc_sha(lab.hosts["hostB"], "bvm2", PATTERN.stat().st_size) == pattern_sha()
+        assert home_disc_sha(salt_cli, lab.hosts["hostB"], "bvm2", PATTERN.stat().st_size) == pattern_sha()
     finally:
         salt_run_cli.run("pairvm.destroy", "bvm2", "confirm=True", "force=True")
 

@@ -61,6 +61,15 @@ def test_custom_modules_arrive_through_sync_all(salt_cli, salt_run_cli):
     assert {"pairvm.list", "pairvm.check_system"} <= set(ret.data)
 
 
+@pytest.fixture(scope="module")
+def set_up(salt_run_cli):
+    """Both hosts set up (pairvm.orch.host), whatever other modules ran before: the health
+    check and the host command need /machines/_global and the command installed."""
+    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.host")
+    assert ret.returncode == 0, ret
+    return ret
+
+
 def test_list_is_empty_on_a_fresh_pair(salt_cli):
     ret = salt_cli.run("pairvm.list", minion_tgt="*")
     assert ret.returncode == 0, ret
@@ -68,7 +77,7 @@ def test_list_is_empty_on_a_fresh_pair(salt_cli):
         assert ret.data[host]["vms"] == []
 
 
-def test_health_check_passes_on_both_hosts(salt_cli):
+def test_health_check_passes_on_both_hosts(set_up, salt_cli):
     ret = salt_cli.run("pairvm.check_system", minion_tgt="*")
     assert ret.returncode == 0, ret
     for host, report in ret.data.items():
@@ -76,7 +85,7 @@ def test_health_check_passes_on_both_hosts(salt_cli):
         assert "here" in report["checks"]["volume_groups"]["detail"]
 
 
-def test_health_check_reports_a_missing_bridge(salt_cli, lab):
+def test_health_check_reports_a_missing_bridge(set_up, salt_cli, lab):
     host = lab.hosts["hostB"]
     host.run(["ip", "link", "set", "br0", "name", "br9"])
     try:
@@ -88,9 +97,7 @@ def test_health_check_reports_a_missing_bridge(salt_cli, lab):
         host.run(["ip", "link", "set", "br9", "name", "br0"])
 
 
-def test_host_setup_converges_and_a_second_apply_changes_nothing(salt_cli, salt_run_cli, lab):
-    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.host")
-    assert ret.returncode == 0, ret
+def test_host_setup_converges_and_a_second_apply_changes_nothing(set_up, salt_cli, lab):
     view = json.loads(lab.hosts["hostA"].run(["cat", "/machines/_global"]).stdout)
     assert (view["me"], view["peer"]) == ("hostA", "hostB")
     assert json.loads(lab.hosts["hostB"].run(["cat", "/machines/_global"]).stdout)["me"] == "hostB"
@@ -106,7 +113,7 @@ def test_host_setup_converges_and_a_second_apply_changes_nothing(salt_cli, salt_
         assert not changed, (host, changed)
 
 
-def test_host_setup_writes_network_drbd_and_peer_trust(salt_cli, lab):
+def test_host_setup_writes_network_drbd_and_peer_trust(set_up, salt_cli, lab):
     host = lab.hosts["hostA"]
     parsed = host.run(["ifquery", "-i", "/etc/network/interfaces.d/pairvm", "br0"]).stdout
     assert "bridge" in parsed and "pub0" in parsed
@@ -119,7 +126,7 @@ def test_host_setup_writes_network_drbd_and_peer_trust(salt_cli, lab):
     assert host.run(["ssh-keygen", "-F", "10.77.0.12", "-f", "/root/.ssh/known_hosts"]).stdout
 
 
-def test_first_time_setup_checks_a_set_up_host(salt_cli, lab):
+def test_first_time_setup_checks_a_set_up_host(set_up, salt_cli, lab):
     out = lab.hosts["hostA"].run(["pairvm", "first_time_setup"])
     assert "state.apply pairvm.host" in out.stdout
     assert "FAIL" not in out.stdout, out.stdout
@@ -131,7 +138,7 @@ def test_first_time_setup_checks_a_set_up_host(salt_cli, lab):
     assert broken.returncode == 1 and "FAIL" in broken.stdout and "10.78.0.12" in broken.stdout
 
 
-def test_host_command_prints_the_old_table(salt_cli, lab, minions):
+def test_host_command_prints_the_old_table(set_up, salt_cli, lab, minions):
     host = lab.hosts["hostA"]
     out = host.run(["/usr/local/sbin/pairvm", "list"]).stdout
     assert out.splitlines()[0].split() == [

@@ -1,6 +1,7 @@
 """The VM lifecycle across the pair, from the master, as an operator runs it."""
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -118,6 +119,11 @@ def refusal(ret):
 
 
 NAME_RULE = "must be 1 to 12 characters: a lower-case letter, then lower-case letters, digits or hyphens"
+
+
+def name_refused(name, why):
+    """The name rule's message for ``name``, as a pattern: the rule, then what is wrong."""
+    return rf"{re.escape(NAME_RULE)} .*got {re.escape(repr(name))} \({re.escape(why)}\)"
 
 
 @pytest.fixture(autouse=True)
@@ -324,20 +330,20 @@ def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
 
 
 @pytest.mark.parametrize("args, why", [
-    (["bad;name", "hostA", "128", "64M"], f"name: {NAME_RULE}, got 'bad;name' (it contains ';')"),
-    (["../etc", "hostA", "128", "64M"], f"name: {NAME_RULE}, got '../etc' (it contains './')"),
-    (["waytoolongname1", "hostA", "128", "64M"], f"name: {NAME_RULE}, got 'waytoolongname1' (it has 15)"),
-    (["pvm3", "hostC", "128", "64M"], "vm 'pvm3': home: must be one of hostA, hostB, got 'hostC'"),
-    (["pvm3", "hostA", "lots", "64M"], "vm 'pvm3': memory: must be a whole number of MiB"),
-    (["pvm3", "hostA", "128", "64Q"], "vm 'pvm3': disc: must be a whole number of MiB or a size"),
-    (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], "vm 'pvm3': ip: '10.80.0.5' is outside the pool"),
+    (["bad;name", "hostA", "128", "64M"], name_refused("bad;name", "it contains ';'")),
+    (["../etc", "hostA", "128", "64M"], name_refused("../etc", "it contains './'")),
+    (["waytoolongname1", "hostA", "128", "64M"], name_refused("waytoolongname1", "it has 15")),
+    (["pvm3", "hostC", "128", "64M"], re.escape("vm 'pvm3': home: must be one of hostA, hostB, got 'hostC'")),
+    (["pvm3", "hostA", "lots", "64M"], re.escape("vm 'pvm3': memory: must be a whole number of MiB")),
+    (["pvm3", "hostA", "128", "64Q"], re.escape("vm 'pvm3': disc: must be a whole number of MiB or a size")),
+    (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], re.escape("vm 'pvm3': ip: '10.80.0.5' is outside")),
     (["pvm3", "hostA", "4096", "64M"], "over the cap of 2048 MiB"),
 ])
 def test_bad_input_is_refused_and_nothing_is_created(pvm1, salt_run_cli, salt_master, lab, args, why):
     before = pair_state(lab, salt_master)
     ret = salt_run_cli.run("pairvm.create", *args)
     assert ret.returncode != 0
-    assert why in refusal(ret), ret
+    assert re.search(why, refusal(ret)), ret
     assert pair_state(lab, salt_master) == before
 
 
@@ -399,12 +405,14 @@ def test_host_command_drives_a_vm(pvm1, lab, salt_cli, minions):
 
 
 @pytest.mark.parametrize("function, args, why", [
-    ("pairvm.start", ["bad;name"], f"{NAME_RULE}, got 'bad;name' (it contains ';')"),
-    ("pairvm.create", ["../etc"], f"{NAME_RULE}, got '../etc' (it contains './')"),
-    ("pairvm.destroy", ["pvm1"], "destroying VM pvm1 deletes its disc on this host: pass confirm=True"),
-    ("pairvm.resize", ["pvm1", "-5G"], "size: must be a whole number of MiB or a size like '512M'"),
-    ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"], "cdrom: '../../etc/shadow' is not an absolute path"),
-    ("pairvm.start", ["nosuchvm"], "VM nosuchvm is not defined on this host"),
+    ("pairvm.start", ["bad;name"], name_refused("bad;name", "it contains ';'")),
+    ("pairvm.create", ["../etc"], name_refused("../etc", "it contains './'")),
+    ("pairvm.destroy", ["pvm1"], re.escape("destroying VM pvm1 deletes its disc on this host: pass confirm")),
+    # as a keyword: "-5G" alone is refused by the salt command line before pairvm sees it
+    ("pairvm.resize", ["pvm1", "size=-5G"], re.escape("size: must be a whole number of MiB or a size like")),
+    ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"],
+     re.escape("cdrom: '../../etc/shadow' is not an absolute path")),
+    ("pairvm.start", ["nosuchvm"], re.escape("VM nosuchvm is not defined on this host")),
 ])
 def test_execution_functions_refuse_bad_input_and_change_nothing(
         pvm1, salt_cli, salt_master, lab, function, args, why):
@@ -412,7 +420,7 @@ def test_execution_functions_refuse_bad_input_and_change_nothing(
     assert "hostA:/machines/pvm1" in before and "hostA:lv here/pvm1" in before
     ret = salt_cli.run(function, *args, minion_tgt="hostA")
     assert ret.returncode != 0, ret
-    assert why in refusal(ret), ret
+    assert re.search(why, refusal(ret)), ret
     assert pair_state(lab, salt_master) == before
 
 

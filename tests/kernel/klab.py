@@ -281,8 +281,9 @@ def _wait_listening(port, timeout=10):
 # --- clean-up, also after a killed run (tests/lab status/clean call these) ------
 
 def lab_processes():
-    """(pid, args) of processes a kernel lab started: QEMU names DATA on its
-    command line; the namespace holders are in DATA/<host>/ns.pid."""
+    """(pid, args) of processes a kernel lab started: QEMU, the block proxies and the
+    backup sshds name DATA on their command line; the namespace holders are in
+    DATA/<host>/ns.pid."""
     found, holders = [], _holders()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -294,8 +295,10 @@ def lab_processes():
                 zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if not zombie and (int(pid) in holders or str(DATA) in args and (args.split()[0] in (
-                "qemu-system-x86_64", "unshare", "sh") or "tests.kernel.blockfs" in args)):
+        first = os.path.basename(args.split()[0]) if args else ""
+        if not zombie and (int(pid) in holders or str(DATA) in args and (
+                first in ("qemu-system-x86_64", "unshare", "sh") or first.startswith("sshd")
+                or "tests.kernel.blockfs" in args)):
             found.append((int(pid), args))
     return found
 
