@@ -338,9 +338,9 @@ def facts(bridges=None):
     host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
     resources), the running libvirt domains and the VNC listen address of
     each running pairvm domain, the LVs (``{"vg/lv": MiB}``), the volume
-    groups (size, free, extent size), the required tools that are missing, and the bridges: this
-    host's VM bridge, those of the VMs defined here and ``bridges`` (a list
-    or comma-separated names). A query that fails is named in ``errors``
+    groups (size, free, extent size), the required tools that are missing,
+    and the bridges: this host's VM bridge, those of the VMs defined here and
+    ``bridges`` (a list or comma-separated names). A query that fails is named in ``errors``
     with its message; the others are still returned. Reads only.
 
     CLI Example:

@@ -415,7 +415,7 @@ def resized(pairvm_pillar):
     """
     {vm: MiB} of pillar ``pairvm:resized``: the disc sizes ``salt-run pairvm.resize``
     recorded in the registry for VMs whose pillar files give a smaller ``disc``.
-    Raises ``Invalid`` on a value that is not a VM name and a size.
+    Raises ``Invalid`` on a value that is not a whole number of MiB.
 
     Example:
 
