@@ -49,23 +49,41 @@ class BlockChannel:
         self.lock, self.sock, self.reader = threading.Lock(), None, None
 
     def _connect(self):
+        """Connect, then resync: whatever an earlier, broken exchange left in the guest's
+        answer is read and dropped up to the echo of a fresh token."""
         if self.sock is None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(self.timeout)
             self.sock.connect(self.path)
             self.reader = self.sock.makefile("rb")
+            token = os.urandom(8).hex()
+            self.sock.sendall(f"SYNC {token}\n".encode())
+            while self.reader.readline().rstrip(b"\n") != f"SYNCED {token}".encode():
+                pass
 
     def request(self, line, payload=b"", then=None):
         """(True, n, what follows) or (False, message, None); ``then``: what follows an
-        OK n: ``"bytes"`` (n bytes) or ``"lines"`` (n lines), else nothing."""
+        OK n: ``"bytes"`` (n bytes) or ``"lines"`` (n lines), else nothing. A request whose
+        exchange failed (the socket, a garbled answer) is sent once more on a new, resynced
+        connection: every request is idempotent (a WRITE writes the same bytes again)."""
+        try:
+            return self._request(line, payload, then)
+        except ChannelError as exc:
+            log(f"{line}: {exc}; once more on a new connection")
+            return self._request(line, payload, then)
+
+    def _request(self, line, payload, then):
         with self.lock:
             try:
                 self._connect()
                 self.sock.sendall(line.encode() + b"\n" + payload)
                 head = self.reader.readline().decode(errors="replace").rstrip("\n")
                 kind, _, rest = head.partition(" ")
+                if kind == "ERR":
+                    log(f"{line}: {rest}")
+                    return False, rest, None
                 if kind != "OK":
-                    return False, rest if kind == "ERR" else f"unexpected answer {head!r}", None
+                    raise ValueError(f"unexpected answer {head[:80]!r}")
                 count = int(rest)
                 if then == "bytes":
                     return True, count, self._exactly(count)
@@ -86,6 +104,12 @@ class BlockChannel:
         if self.sock is not None:
             self.sock.close()
         self.sock = self.reader = None
+
+
+def log(message):
+    """A line in the proxy's log (its stderr: ``DATA/<host>/blockfs.log``)."""
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} blockfs: {message}\n")
+    sys.stderr.flush()
 
 
 def _errno(message):

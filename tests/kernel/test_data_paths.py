@@ -69,6 +69,16 @@ def backup_host(kernel_lab):
             daemon.wait()
 
 
+@pytest.fixture
+def proxy_logs(kernel_lab):
+    """The block proxies' logs (errors, retries), printed when not empty: the lab's files go with it."""
+    yield
+    for host in kernel_lab.hosts.values():
+        log = host.dir / "blockfs.log"
+        if log.exists() and log.read_text().strip():
+            print(f"\n{host.name} block proxy log:\n{log.read_text()[-3000:]}")
+
+
 def guest_sha(host, device, size):
     """sha256 of the first ``size`` bytes of ``device``, read in the host's guest (O_DIRECT)."""
     script = (f"dd if={device} bs=1M count={size} iflag=count_bytes,direct 2>/dev/null | sha256sum")
@@ -93,7 +103,7 @@ def data_bytes(host, minor):
     return int(host.guest(["cat", f"/sys/block/drbd{minor}/size"])[1]) * 512
 
 
-def test_image_backup_and_restore_reach_the_peers_backing_lv(kernel_lab, backup_host):
+def test_image_backup_and_restore_reach_the_peers_backing_lv(kernel_lab, backup_host, proxy_logs):
     start = time.monotonic()
     a, b = kernel_lab.hosts["hostA"], kernel_lab.hosts["hostB"]
     create_on_both(kernel_lab, "kd1", home=a)
