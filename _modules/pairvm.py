@@ -50,6 +50,10 @@ def pillar_record(name):
     """
     The record of VM ``name`` as pillar defines it now, with its allocation.
 
+    Its ``disc_mib`` is the larger of the definition's ``disc`` and the size
+    ``salt-run pairvm.resize`` recorded for the VM in the registry (served as
+    pillar ``pairvm:resized``), so a grown disc is never described smaller.
+
     CLI Example:
 
     .. code-block:: bash
@@ -70,7 +74,11 @@ def pillar_record(name):
             f"VM {name} has no allocation yet (IP, MAC, DRBD port): run "
             f"`salt-run pairvm.allocate` (the orchestrate does) and refresh pillar"
         )
-    return schema.record(name, definitions[name], alloc, settings)
+    definition = definitions[name]
+    grown = schema.resized(pairvm).get(name, 0)
+    if grown > definition["disc_mib"]:
+        definition = {**definition, "disc_mib": grown}
+    return schema.record(name, definition, alloc, settings)
 
 
 def _validated_pillar(pairvm):

@@ -9,6 +9,7 @@ what the host command's ``first_time_setup`` runs.
 """
 
 import json
+import math
 import os
 
 import yaml
@@ -231,10 +232,21 @@ def check_system():
 
 
 def _volume_groups(host):
-    """{vg: {"size", "free"}} of this host (one ``vgs`` call)."""
-    out = host.run(["vgs", "--reportformat", "json", "-o", "vg_name,vg_size,vg_free", "--units", "m"], "vgs")
+    """{vg: {"size", "free", "extent_mib"}} of this host (one ``vgs`` call); ``extent_mib``: the
+    VG's extent size in whole MiB, rounded up (LVM gives every LV a whole number of extents)."""
+    out = host.run(["vgs", "--reportformat", "json", "-o", "vg_name,vg_size,vg_free,vg_extent_size",
+                    "--units", "m"], "vgs")
     report = json.loads(out)["report"][0]["vg"]
-    return {vg["vg_name"]: {"size": vg.get("vg_size"), "free": vg.get("vg_free")} for vg in report}
+    return {vg["vg_name"]: {"size": vg.get("vg_size"), "free": vg.get("vg_free"),
+                            "extent_mib": _mib(vg.get("vg_extent_size"))} for vg in report}
+
+
+def _mib(text):
+    """``"4.00m"`` -> 4; a part of a MiB counts as one; None when LVM gave no size."""
+    try:
+        return max(1, math.ceil(float(str(text).lower().rstrip("m"))))
+    except ValueError:
+        return None
 
 
 def _bridges(wanted):
@@ -326,10 +338,10 @@ def facts(bridges=None):
     host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
     resources, and ``drbd.peer_auth``: which authenticate), the running
     libvirt domains and the VNC listen address of each running pairvm
-    domain, the LVs (``{"vg/lv": MiB}``), the volume groups, the required
-    tools that are missing, and the bridges: this host's VM bridge, those
-    of the VMs defined here and ``bridges`` (a list or comma-separated
-    names). A query that fails is named in ``errors``
+    domain, the LVs (``{"vg/lv": MiB}``), the volume groups (size, free,
+    extent size), the required tools that are missing, and the bridges: this
+    host's VM bridge, those of the VMs defined here and ``bridges`` (a list
+    or comma-separated names). A query that fails is named in ``errors``
     with its message; the others are still returned. Reads only.
 
     CLI Example:

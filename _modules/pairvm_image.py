@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 
 import salt.utils.path
+from pairvmlib import backup as bk
 from pairvmlib import boundary, images, layout, machines
 from pairvmlib import host as hostlib
 from pairvmlib import seed as seed_files
@@ -163,7 +164,7 @@ def _image_steps(host, plan, record, dist, entry, drbd):
             plan.step(f"sha256sum {path}.part (expect {sha}), then rename it to {path}",
                       _verify_download, host, name, path, sha)
     plan.step(f"check that {entry['format']} image {dist} fits on {device}",
-              _check_fits, host, name, path, entry["format"], device)
+              _check_fits, host, record, path, entry["format"])
     old_seed = machines.seed(name)
     if old_seed:  # it belongs to the image about to be overwritten
         plan.step(f"rm {old_seed} (the seed of the previous image)", os.unlink, old_seed)
@@ -269,10 +270,16 @@ def _qcow2_info(host, path):
     return info
 
 
-def _check_fits(host, name, path, fmt, device):
-    """Refuse an image that is not of its catalogue format, or larger than the disc."""
+def _check_fits(host, record, path, fmt):
+    """Refuse an image that is not of its catalogue format, or larger than the disc: the
+    DRBD data area of the VM's LV, from its size (DRBD 8.4 does not open a Secondary's
+    device, so the device itself cannot be asked before the promotion)."""
+    name = record["name"]
     size = _qcow2_info(host, path)["virtual-size"] if fmt == "qcow2" else os.path.getsize(path)
-    disc = int(host.run(["blockdev", "--getsize64", device], f"blockdev {device}"))
+    lv = f"{host.vg(record)}/{name}"
+    if lv not in host.lvs():
+        raise Failed(f"VM {name}'s LV {lv} does not exist on {host.me}")
+    disc = bk.drbd_data_bytes(host.lvs()[lv] * 2**20)
     if size > disc:
         raise Failed(
             f"image: {size} bytes do not fit on VM {name}'s disc ({disc} bytes): grow it with pairvm.resize"

@@ -30,7 +30,11 @@ def resize(name, size, test=False):
 
     On the VM's home host, DRBD is then told to use the new size (run it on
     the peer first, or use ``salt-run pairvm.resize`` which does both hosts
-    in order).
+    in order). This host's record ``/machines/<name>`` then says the new
+    size. Only ``salt-run pairvm.resize`` also records it on the master (the
+    registry), which the VM states rewrite the record from: after resizing
+    host by host (e.g. while the master is down), run it once the master is
+    back; it finds both LVs grown and only records the size.
 
     CLI Example:
 
@@ -63,6 +67,7 @@ def resize(name, size, test=False):
             plan.step(f"lvextend -L {new_mib}M /dev/{lv}", host.lvextend, lv, new_mib)
         if record["home"] == host.me and _drbd_mib(host, record) < new_mib - _drbd_metadata_mib(new_mib):
             _drbd_resize_steps(host, plan, name)
+        plan.write(layout.machine_path(name), schema.dump_record({**record, "disc_mib": new_mib}))
         return plan.result(f"VM {name}'s disc on {host.me} is {new_mib} MiB")
 
 

@@ -276,12 +276,20 @@ def _running_vms(host):
 @_operation
 def resize(name, size, pair=None):
     """
-    Grow VM ``name``'s disc to ``size`` on both hosts, then resize DRBD.
+    Grow VM ``name``'s disc to ``size`` on both hosts, then resize DRBD, and record it.
 
     The peer's LV grows first, then the home host's, which then has DRBD use
-    the new size. A shrink is refused before anything changes, and so is
-    any resize while a host of the VM's pair (found from its registry, or
-    ``pair=``) does not answer.
+    the new size; each host's ``/machines/<name>`` then says the new size. A
+    shrink or a bad size is refused before anything changes, and so is any
+    resize while a host of the VM's pair (found from its registry, or
+    ``pair=``) does not answer. The size is then kept in the pair's registry,
+    so that the VM states (``pairvm.vms``, which write ``/machines/<name>``
+    from pillar) keep it: in the definition of a VM created with
+    ``salt-run pairvm.create``; for a VM of the pillar files, beside its
+    allocation (served as pillar ``pairvm:resized``; its record takes the
+    larger of that and the pillar's ``disc``). Set the new ``disc`` in the
+    pillar files too: until then ``salt-run pairvm.verify`` warns
+    (``EDISCGROWN``). Running it again after a failure finishes the job.
 
     CLI Example:
 
@@ -290,10 +298,18 @@ def resize(name, size, pair=None):
         salt-run pairvm.resize vm1 20G
     """
     schema.validate_name(name)
-    _, hosts = _pair_of(name, pair)
+    new_mib = schema.parse_size_mib(size)
+    pair, hosts = _pair_of(name, pair)
+    pairvm = _pillar(hosts[0])
     record = _call(hosts[0], "pairvm.pillar_record", name)
-    home = record["home"]
-    return {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], home)}
+    resized = {host: _call(host, "pairvm.resize", name, size) for host in (record["peer"], record["home"])}
+    pillar_mib = schema.vms(pairvm).get(name, {}).get("disc_mib", 0)
+    with registry.locked(__opts__, pair) as box:
+        box["registry"] = registry.record_disc(box["registry"], name, new_mib, pillar_mib)
+    for host in hosts:
+        _call(host, "saltutil.refresh_pillar", wait=True)
+    return {"name": name, "disc_mib": new_mib, "hosts": resized,
+            "comment": f"VM {name}'s disc is {new_mib} MiB on both hosts, recorded in the registry"}
 
 
 # --- split brain ----------------------------------------------------------------------------
@@ -484,6 +500,7 @@ def verify(timeout=60, pair=None):
     - ``EVMRUNNINGTWICE``: a VM running on both hosts
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
+    - ``EDISCGROWN``: a VM's LVs bigger than its pillar disc (WARNING while the registry keeps the size)
     - ``EMEMCAP``: the pair's VM memory over ``pairvm:memory_cap``
     - ``EALLOCCOLLISION``: a value given twice (in a registry, or across pairs)
     - ``ETOOLMISSING``: a required tool is missing on a host

@@ -1,5 +1,7 @@
 """The master's registries, one per pair, and each pair's DRBD secret (docs/data-model.md).
 
+A registry keeps a pair's allocations, its CLI-created VMs and the discs grown by the runner.
+
 Each pair has a directory of its own under the master's cachedir
 (``layout.pair_dir``, root only): ``registry.json`` (the pair as last
 allocated, its VMs' allocations and the CLI-created definitions) and
@@ -11,6 +13,7 @@ unique across the master; a save is an atomic rename, so readers (the
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -154,12 +157,32 @@ def ensure_secret(opts, pair):
 
 def as_pillar(saved, drbd_secret=None):
     """What the ext_pillar serves a host of the pair: pillar ``pairvm:allocations``, the
-    CLI-created VMs and, when given, the generated secret as ``drbd_options:shared_secret``."""
+    CLI-created VMs, ``pairvm:resized`` (the disc size ``salt-run pairvm.resize`` gave a
+    pillar-defined VM) and, when given, the generated secret as
+    ``drbd_options:shared_secret``."""
     vms = saved.get("vms", {})
     pairvm = {
         "allocations": {name: entry["alloc"] for name, entry in vms.items()},
         "vms": {name: entry["definition"] for name, entry in vms.items() if entry.get("definition")},
+        "resized": {name: entry["disc_mib"] for name, entry in vms.items() if entry.get("disc_mib")},
     }
     if drbd_secret:
         pairvm["drbd_options"] = {"shared_secret": drbd_secret}
     return {"pairvm": pairvm}
+
+
+def record_disc(registry, name, disc_mib, pillar_mib):
+    """A copy of ``registry`` that keeps VM ``name``'s disc at ``disc_mib`` MiB: in its
+    definition for a VM created from the CLI, else as the entry's ``disc_mib`` while the
+    pillar files give less (``pillar_mib``)."""
+    updated = copy.deepcopy(registry)
+    entry = updated.get("vms", {}).get(name)
+    if entry is None:
+        raise Failed(f"VM {name} has no entry in the registry: run salt-run pairvm.allocate")
+    if entry.get("definition"):
+        entry["definition"]["disc_mib"] = disc_mib
+    elif disc_mib > pillar_mib:
+        entry["disc_mib"] = disc_mib
+    else:
+        entry.pop("disc_mib", None)
+    return updated

@@ -417,6 +417,27 @@ def vms(pairvm_pillar):
     return result
 
 
+def resized(pairvm_pillar):
+    """
+    {vm: MiB} of pillar ``pairvm:resized``: the disc sizes ``salt-run pairvm.resize``
+    recorded in the registry for VMs whose pillar files give a smaller ``disc``.
+    Raises ``Invalid`` on a value that is not a whole number of MiB.
+
+    Example:
+
+    .. code-block:: python
+
+        schema.resized(__pillar__.get("pairvm", {}))  # {"web1": 20480}
+    """
+    errors = []
+    given = checks.mapping(pairvm_pillar.get("resized"), "resized", errors)
+    result = {name: checks.gather(errors, f"resized.{name}: ", checks.whole, mib, checks.MIN_DISC_MIB,
+                                  checks.MAX_MIB, "a whole number of MiB")
+              for name, mib in sorted(given.items(), key=str)}
+    checks.raise_all(errors)
+    return result
+
+
 # --- the VM record (layer 2) ----------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ CODES = {
     "EVMRUNNINGTWICE": "VM running on both hosts",
     "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
     "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
+    "EDISCGROWN": "a VM's LVs are bigger than its pillar disc (grown by pairvm.resize)",
     "EMEMCAP": "the pair's VM memory is over pairvm:memory_cap",
     "EDRBDNOAUTH": "DRBD resource connects without peer authentication (no cram-hmac-alg and secret)",
     "EALLOCCOLLISION": "a registry gives one value (IP, MAC, port, minor, display) to two VMs, or two "
@@ -197,6 +198,41 @@ def wanted(definitions, facts):
     return wanted_state
 
 
+def disc_checks(definitions, entries, facts):
+    """A VM whose LVs are bigger than its definition's disc (rounded up to the VG's extents):
+    its pillar describes a disc that no longer exists. A WARNING while the registry's entry
+    (``entries[name]``) keeps the grown size (``salt-run pairvm.resize`` recorded it), else an
+    ERROR: nothing records it."""
+    found = []
+    for name, definition in sorted(definitions.items()):
+        grown = {}
+        for host, fact in sorted(facts.items()):
+            machine = (fact or {}).get("machines", {}).get(name) or {}
+            if not machine.get("vg") or "lvs" in (fact.get("errors") or {}):
+                continue
+            lv = fact["lvs"].get(f"{machine['vg']}/{name}")
+            extent = (fact["volume_groups"].get(machine["vg"]) or {}).get("extent_mib") or 1
+            if lv is not None and lv > -(-definition["disc_mib"] // extent) * extent:
+                grown[host] = lv
+        if not grown:
+            continue
+        biggest = max(grown.values())
+        lvs = ", ".join(f"{lv} MiB on {host}" for host, lv in grown.items())
+        said = f"its definition gives a {definition['disc_mib']} MiB disc, but its LVs are {lvs}"
+        if (entries.get(name) or {}).get("disc_mib", 0) >= biggest:
+            found.append(finding("WARNING", "EDISCGROWN", name, None,
+                                 f"{said}: grown by salt-run pairvm.resize, whose size the registry keeps; "
+                                 f"set disc: {biggest}M in pillar, which describes a disc that no longer "
+                                 f"exists"))
+        else:
+            found.append(finding("ERROR", "EDISCGROWN", name, None,
+                                 f"{said} and nothing records that size (grown by hand, or by pairvm.resize "
+                                 f"on the hosts alone): a host rebuilt from pillar gets a smaller LV, which "
+                                 f"DRBD refuses as a peer; record it: salt-run pairvm.resize {name} "
+                                 f"{biggest}M"))
+    return found
+
+
 def memory_check(settings, definitions, facts):
     cap = settings.get("memory_cap") or 0
     memory = {name: d["memory"] for name, d in definitions.items()}
@@ -257,5 +293,6 @@ def analyse(settings, definitions, registry, facts, bridges):
             findings += vm_host_checks(host, fact, expected, settings)
     if all(fact is not None for fact in facts.values()):
         findings += pair_checks(facts, expected, wanted(definitions, facts))
+    findings += disc_checks(definitions, known, facts)
     findings += memory_check(settings, definitions, facts)
     return findings

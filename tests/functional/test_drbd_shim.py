@@ -75,10 +75,10 @@ class Host:
         assert line.strip() == "ready", self.proc.stderr.read()
         self.pid = self.proc.pid
 
-    def run(self, argv, check=True, stdin=None):
+    def run(self, argv, check=True, stdin=None, env=None):
         proc = subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "-u", "-n", "--", *argv],
-            env=self.env, capture_output=True, text=True, input=stdin, check=False)
+            env={**self.env, **(env or {})}, capture_output=True, text=True, input=stdin, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"{self.name}: {argv}: rc {proc.returncode}\n"
                                  f"{proc.stdout}{proc.stderr}")
@@ -95,9 +95,9 @@ class Host:
         self.proc.wait()
 
 
-def status(host):
+def status(host, env=None):
     """The one-shot machine-readable query the product uses."""
-    out = host.run(["drbdsetup", "events2", "--now", "all"]).stdout
+    out = host.run(["drbdsetup", "events2", "--now", "all"], **({"env": env} if env else {})).stdout
     res = {}
     for line in out.splitlines():
         words = line.split()
@@ -111,8 +111,13 @@ def status(host):
     return res
 
 
-def summary(host, res):
-    s = status(host).get(res, {})
+# Shim calls made with this hold a running resync (the shim ends it SYNC_SECONDS after its
+# start, by the clock of each call): the test reads the sync states while they last.
+HOLD_SYNC = {"PVLAB_DRBD_SYNC_SECONDS": "3600"}
+
+
+def summary(host, res, env=None):
+    s = status(host, env).get(res, {})
     return (s.get("resource.role"), s.get("connection.role"), s.get("peer-device.replication"),
             s.get("device.disk"), s.get("peer-device.peer-disk"))
 
@@ -245,10 +250,10 @@ def test_scenario(pair):
     assert "0: State change failed: (-2) Need access to UpToDate data" in p.stderr
     assert "Command 'drbdsetup-84 primary 0' terminated with exit code 17" in p.stderr
     # initial full sync
-    a.run(["drbdadm", "primary", "--force", "r0"])
-    assert summary(a, "r0") == ("Primary", "Secondary", "SyncSource", "UpToDate", "Inconsistent")
-    assert summary(b, "r0") == ("Secondary", "Primary", "SyncTarget", "Inconsistent", "UpToDate")
-    assert "replication:SyncSource" in a.run(["drbdadm", "status", "r0"]).stdout
+    a.run(["drbdadm", "primary", "--force", "r0"], env=HOLD_SYNC)
+    assert summary(a, "r0", HOLD_SYNC) == ("Primary", "Secondary", "SyncSource", "UpToDate", "Inconsistent")
+    assert summary(b, "r0", HOLD_SYNC) == ("Secondary", "Primary", "SyncTarget", "Inconsistent", "UpToDate")
+    assert "replication:SyncSource" in a.run(["drbdadm", "status", "r0"], env=HOLD_SYNC).stdout
     wait_for(a, "r0", ("Primary", "Secondary", "Established", "UpToDate", "UpToDate"))
     wait_for(b, "r0", ("Secondary", "Primary", "Established", "UpToDate", "UpToDate"))
     # adjust on an up-to-date resource changes nothing

@@ -130,6 +130,27 @@ def host(tmp_path_factory):
         lab.teardown()
 
 
+@pytest.fixture
+def origin(host):
+    """A fresh 128 MiB LV here/vm1 with a known MiB at offset 5 (its sha256 is returned);
+    removed afterwards with whatever snapshots it has. Each test that needs an LV gets its
+    own, whatever ran before."""
+    host.run(["lvcreate", "-n", "vm1", "-L", "128M", "here"], check=True)
+    digest = write_pattern(host, "/dev/here/vm1", 5, "vm1-a")
+    yield digest
+    for name in ("vm1-snap", "vm1"):
+        if ("here", name) in lv_rows(host):
+            host.run(["lvremove", "-y", f"here/{name}"], check=True)
+    assert lv_rows(host) == {}, "a test left an LV behind"
+
+
+@pytest.fixture
+def snapshot(host, origin):
+    """here/vm1-snap, a 16 MiB snapshot of the fresh here/vm1."""
+    host.run(["lvcreate", "-s", "-n", "vm1-snap", "-L", "16M", "here/vm1"], check=True)
+    return origin
+
+
 @pytest.fixture(scope="module")
 def salt_lvm(host):
     """salt.modules.linux_lvm with __salt__ running argv inside the host."""
@@ -273,31 +294,34 @@ def test_create_volume_groups_is_idempotent(host):
 
 def test_lvcreate_salt_argv_gives_block_device(host, salt_lvm):
     del salt_lvm.calls[:]
-    ret = salt_lvm.lvcreate("vm1", "here", size="64M")
-    assert salt_lvm.calls[0] == [str(SHIMS / "lvcreate"), "-n", "vm1", "here", "-L", "64M", "-qq"]
-    assert ret["Output from lvcreate"] == 'Logical volume "vm1" created.'
-    assert ret["/dev/here/vm1"]["Volume Group Name"] == "here"  # lvdisplay /dev/here/vm1
-    dev = device_of(host, "here", "vm1")
-    assert size_of(host, "/dev/here/vm1") == 64 * MIB
-    data = host.dir / "lv" / "here" / "vm1"
-    assert data.stat().st_size == 64 * MIB
-    assert data.stat().st_blocks * 512 < MIB  # sparse
-    assert loops_over(data) == [dev]
+    ret = salt_lvm.lvcreate("new", "here", size="64M")
+    try:
+        assert salt_lvm.calls[0] == [str(SHIMS / "lvcreate"), "-n", "new", "here", "-L", "64M", "-qq"]
+        assert ret["Output from lvcreate"] == 'Logical volume "new" created.'
+        assert ret["/dev/here/new"]["Volume Group Name"] == "here"  # lvdisplay /dev/here/new
+        dev = device_of(host, "here", "new")
+        assert size_of(host, "/dev/here/new") == 64 * MIB
+        data = host.dir / "lv" / "here" / "new"
+        assert data.stat().st_size == 64 * MIB
+        assert data.stat().st_blocks * 512 < MIB  # sparse
+        assert loops_over(data) == [dev]
+    finally:
+        host.run(["lvremove", "-y", "here/new"], check=True)
 
 
-def test_write_and_read_back(host):
-    digest = write_pattern(host, "/dev/here/vm1", 5, "vm1-a")
+def test_write_and_read_back(host, origin):
+    digest = origin
     assert read_hash(host, "/dev/here/vm1", 5) == digest
     with open(host.dir / "lv" / "here" / "vm1", "rb") as fh:  # it is the file's data
         fh.seek(5 * MIB)
         assert hashlib.sha256(fh.read(MIB)).hexdigest() == digest
 
 
-def test_lvs_json_shows_lv(host):
+def test_lvs_json_shows_lv(host, origin):
     proc = host.run(["lvs", "--reportformat", "json", "-o", "lv_name,vg_name,lv_size"],
                     check=True)
     rows = json.loads(proc.stdout)["report"][0]["lv"]
-    assert {"lv_name": "vm1", "vg_name": "here", "lv_size": "64.00m"} in rows
+    assert {"lv_name": "vm1", "vg_name": "here", "lv_size": "128.00m"} in rows
     assert "Activation disabled" not in proc.stderr
     row = lv_rows(host, "lv_attr", "lv_active", "origin")[("here", "vm1")]
     assert row["lv_attr"] == "-wi-a-----"
@@ -305,23 +329,23 @@ def test_lvs_json_shows_lv(host):
     assert row["origin"] == ""
 
 
-def test_lvextend_grows_device(host, salt_lvm):
-    digest = read_hash(host, "/dev/here/vm1", 5)
+def test_lvextend_grows_device(host, salt_lvm, origin):
+    digest = origin
     dev = device_of(host, "here", "vm1")
     ret = salt_lvm.lvextend(size="+32M", lvpath="/dev/here/vm1")
     assert salt_lvm.calls[-1] == ["lvextend", "-qq", "-L", "+32M", "/dev/here/vm1"]
     assert ret == {"Output from lvextend": 'Logical volume "/dev/here/vm1" successfully extended.'}
     assert device_of(host, "here", "vm1") == dev  # same device, grown in place
-    assert size_of(host, "/dev/here/vm1") == 96 * MIB
-    assert (host.dir / "lv" / "here" / "vm1").stat().st_size == 96 * MIB
+    assert size_of(host, "/dev/here/vm1") == 160 * MIB
+    assert (host.dir / "lv" / "here" / "vm1").stat().st_size == 160 * MIB
     assert read_hash(host, "/dev/here/vm1", 5) == digest
     # lvresize through the /dev/mapper name real LVM also accepts
-    salt_lvm.lvresize(size="128M", lvpath="/dev/mapper/here-vm1")
-    assert size_of(host, "/dev/here/vm1") == 128 * MIB
-    assert lv_rows(host, "lv_size")[("here", "vm1")]["lv_size"] == "128.00m"
+    salt_lvm.lvresize(size="192M", lvpath="/dev/mapper/here-vm1")
+    assert size_of(host, "/dev/here/vm1") == 192 * MIB
+    assert lv_rows(host, "lv_size")[("here", "vm1")]["lv_size"] == "192.00m"
 
 
-def test_snapshot_copies_and_stays_frozen(host, salt_lvm):
+def test_snapshot_copies_and_stays_frozen(host, salt_lvm, origin):
     before = write_pattern(host, "/dev/here/vm1", 100, "before-snapshot")
     ret = salt_lvm.lvcreate("vm1-snap", "here", size="16M", snapshot="vm1")
     assert salt_lvm.calls[-2] == [str(SHIMS / "lvcreate"), "-n", "vm1-snap", "-s", "here/vm1",
@@ -349,7 +373,7 @@ def test_snapshot_copies_and_stays_frozen(host, salt_lvm):
     assert basic.stdout.strip() == "pvlab_snapshot_of=vm1"
 
 
-def test_snapshot_errors_are_lvms(host):
+def test_snapshot_errors_are_lvms(host, snapshot):
     before = lab_state(host)
     proc = host.run(["lvcreate", "-s", "here/nope", "-n", "s2", "-L", "16M"])
     assert proc.returncode == 5
@@ -363,7 +387,7 @@ def test_snapshot_errors_are_lvms(host):
     assert lab_state(host) == before
 
 
-def test_snapshot_of_percent_origin_and_oversized_cow(host):
+def test_snapshot_of_percent_origin_and_oversized_cow(host, origin):
     proc = host.run(["lvcreate", "-s", "here/vm1", "-n", "s50", "-l", "50%ORIGIN"], check=True)
     assert 'Logical volume "s50" created.' in proc.stdout
     proc = host.run(["lvcreate", "-s", "here/vm1", "-n", "sbig", "-L", "200M"], check=True)
@@ -378,7 +402,7 @@ def test_snapshot_of_percent_origin_and_oversized_cow(host):
         assert not (host.dir / "lv" / "here" / name).exists()
 
 
-def test_snapshot_with_grouped_short_options(host):
+def test_snapshot_with_grouped_short_options(host, origin):
     """``-sn NAME`` and ``--snap`` (getopt abbreviation) are still snapshots."""
     for argv in (["lvcreate", "-sn", "s3", "-L8M", "here/vm1"],
                  ["lvcreate", "--snap", "--name=s4", "--size", "8M", "/dev/here/vm1"]):
@@ -404,10 +428,10 @@ def test_concurrent_commands_serialize(host):
             lambda n: host.run(["lvremove", "-y", f"there/{n}"]), names))
     assert [p.returncode for p in procs] == [0] * len(names), [p.stderr for p in procs]
     assert not any((host.dir / "lv" / "there" / n).exists() for n in names)
-    assert len(lablvm.lab_loops(host.data)) == 2 + 2  # PVs, vm1, vm1-snap
+    assert len(lablvm.lab_loops(host.data)) == 2  # the PVs
 
 
-def test_lvrename_keeps_device_and_data(host):
+def test_lvrename_keeps_device_and_data(host, snapshot):
     digest = read_hash(host, "/dev/here/vm1", 5)
     dev = device_of(host, "here", "vm1")
     proc = host.run(["lvrename", "here", "vm1", "vm9"], check=True)
@@ -423,7 +447,7 @@ def test_lvrename_keeps_device_and_data(host):
     assert lv_rows(host, "origin")[("here", "vm1-snap")]["origin"] == "vm1"
 
 
-def test_lvchange_deactivates_and_activates(host):
+def test_lvchange_deactivates_and_activates(host, origin):
     digest = read_hash(host, "/dev/here/vm1", 5)
     data = host.dir / "lv" / "here" / "vm1"
     host.run(["lvchange", "-an", "here/vm1"], check=True)
@@ -448,7 +472,7 @@ def test_lvchange_deactivates_and_activates(host):
     host.run(["lvremove", "-y", "there/cold"], check=True)
 
 
-def test_permission_makes_device_read_only(host):
+def test_permission_makes_device_read_only(host, origin):
     def ro():
         return host.sh("blockdev --getro /dev/here/vm1").strip()
 
@@ -465,7 +489,7 @@ def test_permission_makes_device_read_only(host):
     assert ro() == "0"
 
 
-def test_open_lv_is_in_use(host):
+def test_open_lv_is_in_use(host, snapshot):
     holder = subprocess.Popen(host.argv(["sh", "-c", "exec 3</dev/here/vm1; echo open; read x"]),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -483,7 +507,7 @@ def test_open_lv_is_in_use(host):
         holder.wait(timeout=10)
 
 
-def test_lvremove_removes_device_symlink_and_file(host, salt_lvm):
+def test_lvremove_removes_device_symlink_and_file(host, salt_lvm, snapshot):
     data = host.dir / "lv" / "here" / "vm1"
     snap = host.dir / "lv" / "here" / "vm1-snap"
     out = salt_lvm.lvremove("vm1", "here")
@@ -552,7 +576,10 @@ def test_killed_run_recovers(host):
     host.run(["lvremove", "-y", "here/vm2"], check=True)
 
 
-def test_teardown_leaves_no_loop_and_no_namespace(host):
+def test_teardown_leaves_no_loop_and_no_namespace(tmp_path_factory):
+    """A host of its own (the module's stays up for the other tests)."""
+    host = Host(tmp_path_factory.mktemp("pvlab"))
+    host.pvs = lablvm.create_volume_groups(host.run_checked, host.dir, PV_MIB)
     host.run(["lvcreate", "-n", "left", "-L", "8M", "there"], check=True)
     assert len(lablvm.lab_loops(host.data)) == 3
     pid = host.holder.pid

@@ -12,10 +12,15 @@ from tests.lab import lab as labmod
 from tests.lab import saltlab
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-random-order reads the marker
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("--lab"):
-        for item in items:
+    """Without --lab, skip. With ``--random-order-bucket=module`` (scripts/test), the modules
+    run in a random order, so each must set up what it needs in its own fixtures; the tests
+    of one module keep their file order: each module is one scenario over its fixtures."""
+    for item in items:
+        if not config.getoption("--lab"):
             item.add_marker(pytest.mark.skip(reason="integration tests need --lab (make test)"))
+        item.add_marker(pytest.mark.random_order(disabled=True))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import yaml
 
 from tests.lab.hosts import REPO
 
@@ -36,7 +37,15 @@ def test_each_minion_runs_inside_its_own_host(salt_cli):
 )
 def test_the_file_server_does_not_serve_pillar(salt_cli, path):
     ret = salt_cli.run("cp.get_file_str", path, minion_tgt="hostA")
-    assert not ret.data, f"{path} was served: {ret.data!r}"
+    # the minion answered (a minion that did not would give no False) and found nothing
+    assert ret.returncode == 0 and ret.data is False, f"{path}: {ret!r}"
+
+
+def test_the_file_server_serves_the_formula(salt_cli):
+    """The positive control of the test above: a file the master does serve arrives."""
+    ret = salt_cli.run("cp.get_file_str", "salt://pairvm/init.sls", minion_tgt="hostA")
+    assert ret.returncode == 0
+    assert ret.data == (REPO / "salt" / "pairvm" / "init.sls").read_text()
 
 
 def test_no_pillar_file_is_listed_by_the_file_server(salt_cli):
@@ -52,6 +61,15 @@ def test_custom_modules_arrive_through_sync_all(salt_cli, salt_run_cli):
     assert {"pairvm.list", "pairvm.check_system"} <= set(ret.data)
 
 
+@pytest.fixture(scope="module")
+def set_up(salt_run_cli):
+    """Both hosts set up (pairvm.orch.host), whatever other modules ran before: the health
+    check and the host command need /machines/_global and the command installed."""
+    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.host")
+    assert ret.returncode == 0, ret
+    return ret
+
+
 def test_list_is_empty_on_a_fresh_pair(salt_cli):
     ret = salt_cli.run("pairvm.list", minion_tgt="*")
     assert ret.returncode == 0, ret
@@ -59,7 +77,7 @@ def test_list_is_empty_on_a_fresh_pair(salt_cli):
         assert ret.data[host]["vms"] == []
 
 
-def test_health_check_passes_on_both_hosts(salt_cli):
+def test_health_check_passes_on_both_hosts(set_up, salt_cli):
     ret = salt_cli.run("pairvm.check_system", minion_tgt="*")
     assert ret.returncode == 0, ret
     for host, report in ret.data.items():
@@ -67,7 +85,7 @@ def test_health_check_passes_on_both_hosts(salt_cli):
         assert "here" in report["checks"]["volume_groups"]["detail"]
 
 
-def test_health_check_reports_a_missing_bridge(salt_cli, lab):
+def test_health_check_reports_a_missing_bridge(set_up, salt_cli, lab):
     host = lab.hosts["hostB"]
     host.run(["ip", "link", "set", "br0", "name", "br9"])
     try:
@@ -79,22 +97,23 @@ def test_health_check_reports_a_missing_bridge(salt_cli, lab):
         host.run(["ip", "link", "set", "br9", "name", "br0"])
 
 
-def test_host_setup_converges_and_a_second_apply_changes_nothing(salt_cli, salt_run_cli, lab):
-    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.host")
-    assert ret.returncode == 0, ret
+def test_host_setup_converges_and_a_second_apply_changes_nothing(set_up, salt_cli, lab):
     view = json.loads(lab.hosts["hostA"].run(["cat", "/machines/_global"]).stdout)
     assert (view["me"], view["peer"]) == ("hostA", "hostB")
     assert json.loads(lab.hosts["hostB"].run(["cat", "/machines/_global"]).stdout)["me"] == "hostB"
-    for states in salt_cli.run("state.apply", "pairvm", "test=True", minion_tgt="*").data.values():
+    planned = salt_cli.run("state.apply", "pairvm", "test=True", minion_tgt="*").data
+    assert set(planned) == {"hostA", "hostB"} and all(planned.values()), planned
+    for states in planned.values():
         pending = [k for k, s in states.items() if s["changes"] or s["result"] is None]
         assert not pending, pending
     again = salt_cli.run("state.apply", "pairvm", minion_tgt="*")
+    assert set(again.data) == {"hostA", "hostB"} and all(again.data.values()), again
     for host, states in again.data.items():
         changed = [k for k, s in states.items() if s["changes"]]
         assert not changed, (host, changed)
 
 
-def test_host_setup_writes_network_drbd_and_peer_trust(salt_cli, lab):
+def test_host_setup_writes_network_drbd_and_peer_trust(set_up, salt_cli, lab):
     host = lab.hosts["hostA"]
     parsed = host.run(["ifquery", "-i", "/etc/network/interfaces.d/pairvm", "br0"]).stdout
     assert "bridge" in parsed and "pub0" in parsed
@@ -107,7 +126,7 @@ def test_host_setup_writes_network_drbd_and_peer_trust(salt_cli, lab):
     assert host.run(["ssh-keygen", "-F", "10.77.0.12", "-f", "/root/.ssh/known_hosts"]).stdout
 
 
-def test_first_time_setup_checks_a_set_up_host(salt_cli, lab):
+def test_first_time_setup_checks_a_set_up_host(set_up, salt_cli, lab):
     out = lab.hosts["hostA"].run(["pairvm", "first_time_setup"])
     assert "state.apply pairvm.host" in out.stdout
     assert "FAIL" not in out.stdout, out.stdout
@@ -119,13 +138,17 @@ def test_first_time_setup_checks_a_set_up_host(salt_cli, lab):
     assert broken.returncode == 1 and "FAIL" in broken.stdout and "10.78.0.12" in broken.stdout
 
 
-def test_host_command_prints_the_old_table(salt_cli, lab, minions):
+def test_host_command_prints_the_old_table(set_up, salt_cli, lab, minions):
     host = lab.hosts["hostA"]
     out = host.run(["/usr/local/sbin/pairvm", "list"]).stdout
     assert out.splitlines()[0].split() == [
         "NAME", "MEM", "DISC", "RUN", "WHERE", "VNC", "DRBD", "DISK", "MAC", "IP",
     ]
-    assert "RAM here: 0 MiB" in out
+    # the VMs homed here, whatever other test modules left defined (none, normally)
+    homed = [yaml.safe_load(path.read_text()) for path in (host.root / "machines").glob("*")
+             if not path.name.startswith("_")]
+    here = sum(record["memory"] for record in homed if record["home"] == "hostA")
+    assert f"RAM here: {here} MiB" in out
     check = host.run(["/usr/local/sbin/pairvm", "check_system"])
     assert "host is ready for pairvm" in check.stdout
     assert "usage: pairvm list" in host.run(["/usr/local/sbin/pairvm", "help", "list"]).stdout

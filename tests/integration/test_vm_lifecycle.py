@@ -1,8 +1,10 @@
 """The VM lifecycle across the pair, from the master, as an operator runs it."""
 
 import json
+import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,51 @@ def footprint(lab, name, hosts=HOSTS):
 NOTHING = {h: {"lvs": [], "res": False, "machine": False, "domain": False} for h in HOSTS}
 
 
+def registry_path(salt_master):
+    return Path(salt_master.config["cachedir"]) / "pairvm" / "registry.json"
+
+
+def pair_state(lab, salt_master):
+    """Everything pairvm keeps, by content: on each host every LV with its size, the bytes of
+    every file under /machines and /etc/drbd.d, the XML of every libvirt domain; and the
+    bytes of the master's registry. A refused request must leave all of it as it was."""
+    state = {"registry": (registry_path(salt_master).read_bytes()
+                          if registry_path(salt_master).exists() else None)}
+    for name in HOSTS:
+        host = lab.hosts[name]
+        lvs = json.loads(host.run(["lvs", "--reportformat", "json", "-o", "vg_name,lv_name,lv_size",
+                                   "--units", "m"]).stdout)["report"][0]["lv"]
+        for row in lvs:
+            state[f"{name}:lv {row['vg_name']}/{row['lv_name']}"] = row["lv_size"]
+        for directory in ("machines", "etc/drbd.d"):
+            for path in sorted((host.root / directory).glob("*")):
+                if path.is_file():
+                    state[f"{name}:/{directory}/{path.name}"] = path.read_bytes()
+        for domain in host.run(["virsh", "list", "--all", "--name"]).stdout.split():
+            state[f"{name}:domain {domain}"] = host.run(["virsh", "dumpxml", domain]).stdout
+    return state
+
+
+def changed(before, after):
+    """The keys of pair_state whose content differs (or that came or went)."""
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def refusal(ret):
+    """The text of a refused call: a runner's error, an execution function's message."""
+    if isinstance(ret.data, dict) and "error" in ret.data:
+        return ret.data["error"]
+    return str(ret.data) + ret.stderr
+
+
+NAME_RULE = "must be 1 to 12 characters: a lower-case letter, then lower-case letters, digits or hyphens"
+
+
+def name_refused(name, why):
+    """The name rule's message for ``name``, as a pattern: the rule, then what is wrong."""
+    return rf"{re.escape(NAME_RULE)} .*got {re.escape(repr(name))} \({re.escape(why)}\)"
+
+
 @pytest.fixture(autouse=True)
 def every_resource_file_parses(lab):
     """After each test, the real drbdadm parses every resource file the product wrote,
@@ -132,6 +179,7 @@ import socket, sys, time
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
 sock.bind(("br0", 0))
 sock.settimeout(0.5)
+print("listening", flush=True)  # bound: a frame sent from now on is heard
 end = time.time() + float(sys.argv[1])
 while time.time() < end:
     try:
@@ -148,6 +196,7 @@ def test_start_boots_the_guest_on_its_home_host(pvm1, lab, salt_cli):
     # hostB listens on its br0 (joined to hostA's) for the start's gratuitous ARP.
     listener = subprocess.Popen(lab.hosts["hostB"].argv(["/usr/bin/python3", "-c", ARP_LISTENER, "30"]),
                                 stdout=subprocess.PIPE, text=True)
+    assert listener.stdout.readline() == "listening\n"  # before the start that sends the ARP
     start_and_wait(salt_cli, host, "pvm1")
     listener.terminate()
     heard = listener.communicate(timeout=10)[0]
@@ -208,14 +257,35 @@ def test_cdrom_insert_and_eject_on_a_running_vm(pvm1, lab, salt_cli):
         salt_cli.run("pairvm.stop", "pvm1", minion_tgt="hostA")
 
 
-def test_resize_grows_the_disc_on_both_hosts(pvm1, lab, salt_cli, salt_run_cli):
+def test_resize_grows_the_disc_on_both_hosts_and_records_the_size(
+        pvm1, lab, salt_cli, salt_run_cli, salt_master):
+    before = pair_state(lab, salt_master)
     ret = salt_run_cli.run("pairvm.resize", "pvm1", "96M")
     assert ret.returncode == 0, ret
+    after = pair_state(lab, salt_master)
+    assert changed(before, after) == ["hostA:/machines/pvm1", "hostA:lv here/pvm1", "hostB:/machines/pvm1",
+                                      "hostB:lv there/pvm1", "registry"]
     for host, vg in (("hostA", "here"), ("hostB", "there")):
         size = lab.hosts[host].run(["blockdev", "--getsize64", f"/dev/{vg}/pvm1"]).stdout
         assert int(size) == 96 * 2**20
+    # the record, identical on both hosts, and the registry say 96; so does list
+    assert after["hostA:/machines/pvm1"] == after["hostB:/machines/pvm1"]
+    assert salt.utils.yaml.safe_load(after["hostA:/machines/pvm1"])["disc_mib"] == 96
+    assert json.loads(after["registry"])["vms"]["pvm1"]["definition"]["disc_mib"] == 96
+    for host in HOSTS:
+        assert salt_cli.run("pairvm.list", "fields=disc", minion_tgt=host).data["vms"] == [
+            {"name": "pvm1", "disc": 96}]
+    assert salt_run_cli.run("pairvm.list").data["vms"][0]["disc"] == 96
+    # the VM state writes /machines from pillar: it keeps the new size
+    again = salt_cli.run("state.apply", "pairvm.vms", minion_tgt="*")
+    assert set(again.data) == set(HOSTS), again
+    assert all(states for states in again.data.values()), again.data
+    assert pair_state(lab, salt_master) == after
+    # a shrink is refused, by its rule, and changes nothing anywhere
     shrink = salt_cli.run("pairvm.resize", "pvm1", "32M", minion_tgt="hostA")
-    assert shrink.returncode != 0 and "only grows" in str(shrink.data)
+    assert shrink.returncode != 0
+    assert "VM pvm1's disc is 96 MiB; shrinking it to 32 MiB would cut off data" in refusal(shrink)
+    assert pair_state(lab, salt_master) == after
 
 
 def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
@@ -231,8 +301,22 @@ def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
         assert set(rows) == {"pvm1", "pvm2"}
         assert rows["pvm2"]["drbd_connection"] == "Connected" and rows["pvm2"]["drbd_disk"] == "UpToDate"
     again = salt_cli.run("state.apply", "pairvm.vms", minion_tgt="*")
+    assert set(again.data) == set(HOSTS), again
     for states in again.data.values():
-        assert not [k for k, s in states.items() if s["changes"]], states
+        assert any("pvm2" in k for k in states) and not [k for k, s in states.items() if s["changes"]], states
+    # grow the pillar-defined pvm2: the registry keeps the size, so re-applying pillar (64M)
+    # changes nothing, and verify warns until pillar says 96M
+    assert salt_run_cli.run("pairvm.resize", "pvm2", "96M").returncode == 0
+    assert salt_run_cli.run("pairvm.list").data["vms"][1]["disc"] == 96
+    again = salt_cli.run("state.apply", "pairvm.vms", minion_tgt="*")
+    assert set(again.data) == set(HOSTS), again
+    for states in again.data.values():
+        assert not [k for k, s in states.items() if s["changes"] or not s["result"]], states
+    records = [lab.hosts[h].run(["cat", "/machines/pvm2"]).stdout for h in HOSTS]
+    assert records[0] == records[1] and salt.utils.yaml.safe_load(records[0])["disc_mib"] == 96
+    found = salt_run_cli.run("pairvm.verify").data["findings"]
+    assert [(f["severity"], f["code"], f["vm"]) for f in found if f["code"] == "EDISCGROWN"] == [
+        ("WARNING", "EDISCGROWN", "pvm2")], found
     host.run(["virsh", "destroy", "pvm2"])
     pending = salt_cli.run("state.apply", "pairvm.vms", "test=True", minion_tgt="hostB").data
     changes = {k.split("_|-")[1]: s["changes"] for k, s in pending.items() if s["changes"]}
@@ -246,28 +330,30 @@ def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
 
 
 @pytest.mark.parametrize("args, why", [
-    (["bad;name", "hostA", "128", "64M"], "1 to 12 characters"),
-    (["../etc", "hostA", "128", "64M"], "1 to 12 characters"),
-    (["waytoolongname1", "hostA", "128", "64M"], "1 to 12 characters"),
-    (["pvm3", "hostC", "128", "64M"], "hostC"),
-    (["pvm3", "hostA", "lots", "64M"], "memory"),
-    (["pvm3", "hostA", "128", "64Q"], "disc"),
-    (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], "ip"),
+    (["bad;name", "hostA", "128", "64M"], name_refused("bad;name", "it contains ';'")),
+    (["../etc", "hostA", "128", "64M"], name_refused("../etc", "it contains './'")),
+    (["waytoolongname1", "hostA", "128", "64M"], name_refused("waytoolongname1", "it has 15")),
+    (["pvm3", "hostC", "128", "64M"], re.escape("vm 'pvm3': home: must be one of hostA, hostB, got 'hostC'")),
+    (["pvm3", "hostA", "lots", "64M"], re.escape("vm 'pvm3': memory: must be a whole number of MiB")),
+    (["pvm3", "hostA", "128", "64Q"], re.escape("vm 'pvm3': disc: must be a whole number of MiB or a size")),
+    (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], re.escape("vm 'pvm3': ip: '10.80.0.5' is outside")),
     (["pvm3", "hostA", "4096", "64M"], "over the cap of 2048 MiB"),
 ])
-def test_bad_input_is_refused_and_nothing_is_created(pvm1, salt_run_cli, lab, args, why):
-    before = footprint(lab, "pvm3")
+def test_bad_input_is_refused_and_nothing_is_created(pvm1, salt_run_cli, salt_master, lab, args, why):
+    before = pair_state(lab, salt_master)
     ret = salt_run_cli.run("pairvm.create", *args)
     assert ret.returncode != 0
-    assert why in str(ret.data) or why in ret.stdout, ret
-    assert footprint(lab, "pvm3") == before == NOTHING
+    assert re.search(why, refusal(ret)), ret
+    assert pair_state(lab, salt_master) == before
 
 
-def test_an_ip_already_taken_is_refused(pvm1, salt_run_cli, salt_cli, lab):
+def test_an_ip_already_taken_is_refused(pvm1, salt_run_cli, salt_cli, salt_master, lab):
     taken = salt_cli.run("pairvm.list", minion_tgt="hostA").data["vms"][0]["ip"]
+    before = pair_state(lab, salt_master)
     ret = salt_run_cli.run("pairvm.create", "pvm3", "hostB", "128", "64M", f"ip={taken}")
-    assert ret.returncode != 0 and "pvm1" in str(ret.data)
-    assert footprint(lab, "pvm3") == NOTHING
+    assert ret.returncode != 0
+    assert f"vm 'pvm3': ip: '{taken}' is already allocated to vm 'pvm1'" in refusal(ret)
+    assert pair_state(lab, salt_master) == before
 
 
 def test_runner_list_merges_both_hosts(pvm1, salt_run_cli):
@@ -305,7 +391,8 @@ def test_host_command_drives_a_vm(pvm1, lab, salt_cli, minions):
     wait_for(lambda: boots(host, "pvm1") > before, "pvm1 boot via the host command")
     table = host_command(host, minions, "list").stdout
     row = next(ln.split() for ln in table.splitlines() if ln.startswith("pvm1 "))
-    assert row[:5] == ["pvm1", "128", "64", "yes", "home"]
+    disc = salt.utils.yaml.safe_load(host.run(["cat", "/machines/pvm1"]).stdout)["disc_mib"]
+    assert row[:5] == ["pvm1", "128", str(disc), "yes", "home"]
     assert "running" in host_command(host, minions, "monitor", "pvm1", "info status").stdout
     assert MARKER in host_command(host, minions, "serial", "pvm1", "--log", "50").stdout
     forwards = host_command(host, minions, "print_ssh_forwards").stdout
@@ -317,19 +404,24 @@ def test_host_command_drives_a_vm(pvm1, lab, salt_cli, minions):
     assert footprint(lab, "pvm1")["hostA"]["lvs"] == ["here/pvm1"]
 
 
-@pytest.mark.parametrize("function, args", [
-    ("pairvm.start", ["bad;name"]),
-    ("pairvm.create", ["../etc"]),
-    ("pairvm.destroy", ["pvm1"]),
-    ("pairvm.resize", ["pvm1", "-5G"]),
-    ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"]),
-    ("pairvm.start", ["nosuchvm"]),
+@pytest.mark.parametrize("function, args, why", [
+    ("pairvm.start", ["bad;name"], name_refused("bad;name", "it contains ';'")),
+    ("pairvm.create", ["../etc"], name_refused("../etc", "it contains './'")),
+    ("pairvm.destroy", ["pvm1"], re.escape("destroying VM pvm1 deletes its disc on this host: pass confirm")),
+    # as a keyword: "-5G" alone is refused by the salt command line before pairvm sees it
+    ("pairvm.resize", ["pvm1", "size=-5G"], re.escape("size: must be a whole number of MiB or a size like")),
+    ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"],
+     re.escape("cdrom: '../../etc/shadow' is not an absolute path")),
+    ("pairvm.start", ["nosuchvm"], re.escape("VM nosuchvm is not defined on this host")),
 ])
-def test_execution_functions_refuse_bad_input_and_change_nothing(pvm1, salt_cli, lab, function, args):
-    before = footprint(lab, "pvm1")
+def test_execution_functions_refuse_bad_input_and_change_nothing(
+        pvm1, salt_cli, salt_master, lab, function, args, why):
+    before = pair_state(lab, salt_master)
+    assert "hostA:/machines/pvm1" in before and "hostA:lv here/pvm1" in before
     ret = salt_cli.run(function, *args, minion_tgt="hostA")
     assert ret.returncode != 0, ret
-    assert footprint(lab, "pvm1") == before
+    assert re.search(why, refusal(ret)), ret
+    assert pair_state(lab, salt_master) == before
 
 
 def test_autostart_honours_suppress_and_brings_the_peers_drbd_up(salt_run_cli, salt_cli, lab):

@@ -63,14 +63,30 @@ def environ(host):
     }
 
 
+# A private /dev: the usual nodes, and the storage guest's block devices where
+# the product looks for them (/dev/drbdN, /dev/VG/LV), links into the block
+# proxy's mount /dev/pvk (blockfs.py, mounted once the namespace exists).
 NS_SETUP = r"""
 set -e
 hostname "$1"
 for path in {paths}; do mount --bind "$2$path" "$path"; done
+mount -t tmpfs -o mode=0755,size=8m pvkernel-dev /dev
+mkdir /dev/pts /dev/shm /dev/pvk
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+mount -t tmpfs -o mode=1777 shm /dev/shm
+ln -s pts/ptmx /dev/ptmx
+ln -s /proc/self/fd /dev/fd
+ln -s /proc/self/fd/0 /dev/stdin; ln -s /proc/self/fd/1 /dev/stdout; ln -s /proc/self/fd/2 /dev/stderr
+mknod -m 0666 /dev/null c 1 3; mknod -m 0666 /dev/zero c 1 5; mknod -m 0666 /dev/full c 1 7
+mknod -m 0666 /dev/random c 1 8; mknod -m 0666 /dev/urandom c 1 9; mknod -m 0666 /dev/tty c 5 0
+mknod -m 0600 /dev/fuse c 10 229
+for vg in here there; do ln -s pvk/$vg /dev/$vg; done
+n=0; while [ $n -lt {minors} ]; do ln -s pvk/drbd$n /dev/drbd$n; n=$((n+1)); done
 ip link set lo up
 echo ready
 exec sleep 86400
 """
+DRBD_MINORS = 16  # /dev/drbd0..15 in a host: the tier's VMs use the first few
 
 
 @dataclass
@@ -108,6 +124,8 @@ class KernelHost:
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=cmd,path={d}/cmd.sock,server=on,wait=off",
             "-device", "virtserialport,chardev=cmd,name=pvk.cmd",
+            "-chardev", f"socket,id=blk,path={d}/blk.sock,server=on,wait=off",
+            "-device", "virtserialport,chardev=blk,name=pvk.blk",
         ]
 
     def boot(self, link):
@@ -155,7 +173,7 @@ class KernelHost:
     def enter(self):
         for path in PRIVATE_PATHS:
             os.makedirs(path, exist_ok=True)   # mount points (empty dirs, kept)
-        setup = NS_SETUP.replace("{paths}", " ".join(PRIVATE_PATHS))
+        setup = NS_SETUP.replace("{paths}", " ".join(PRIVATE_PATHS)).replace("{minors}", str(DRBD_MINORS))
         proc = subprocess.Popen(
             ["unshare", "--mount", "--uts", "--net", "--propagation", "private",
              "sh", "-c", setup, "sh", self.name, str(self.root)],
@@ -167,6 +185,29 @@ class KernelHost:
             raise RuntimeError(f"kernel lab host {self.name}: {proc.stderr.read()}")
         self.procs["ns"] = proc
         (self.dir / "ns.pid").write_text(f"{proc.pid}\n")  # for clean() after a killed run
+        self.mount_block_proxy()
+
+    def mount_block_proxy(self, timeout=20):
+        """The block proxy (blockfs.py) on /dev/pvk, in the host's mount namespace only: it
+        goes with the namespace. Its argv names DATA, so clean() finds it after a killed run."""
+        pid = str(self.procs["ns"].pid)
+        log = open(self.dir / "blockfs.log", "wb")  # noqa: SIM115 - lives as long as the proxy
+        self.procs["blockfs"] = subprocess.Popen(
+            ["nsenter", "-t", pid, "-m", "--", sys.executable, "-m", "tests.kernel.blockfs", self.name,
+             "/dev/pvk", str(DATA)],
+            env={**os.environ, "PVKERNEL_DATA": str(DATA), "PYTHONPATH": str(REPO)}, stdout=log,
+            stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not self._proxy_mounted(pid):
+            if self.procs["blockfs"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"block proxy of {self.name} did not mount: "
+                                   f"{(self.dir / 'blockfs.log').read_text(errors='replace')}")
+            time.sleep(0.05)
+
+    @staticmethod
+    def _proxy_mounted(pid):
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as fh:
+            return any(line.split()[4] == "/dev/pvk" and " - fuse" in line for line in fh)
 
     def argv(self, argv):
         env = [f"{k}={v}" for k, v in environ(self.name).items()]
@@ -240,8 +281,9 @@ def _wait_listening(port, timeout=10):
 # --- clean-up, also after a killed run (tests/lab status/clean call these) ------
 
 def lab_processes():
-    """(pid, args) of processes a kernel lab started: QEMU names DATA on its
-    command line; the namespace holders are in DATA/<host>/ns.pid."""
+    """(pid, args) of processes a kernel lab started: QEMU, the block proxies and the
+    backup sshds name DATA on their command line; the namespace holders are in
+    DATA/<host>/ns.pid."""
     found, holders = [], _holders()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -253,8 +295,10 @@ def lab_processes():
                 zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if not zombie and (int(pid) in holders or str(DATA) in args and args.split()[0] in (
-                "qemu-system-x86_64", "unshare", "sh")):
+        first = os.path.basename(args.split()[0]) if args else ""
+        if not zombie and (int(pid) in holders or str(DATA) in args and (
+                first in ("qemu-system-x86_64", "unshare", "sh") or first.startswith("sshd")
+                or "tests.kernel.blockfs" in args)):
             found.append((int(pid), args))
     return found
 

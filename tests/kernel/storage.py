@@ -52,3 +52,16 @@ def lv_names(host):
     """``vg/lv`` of every LV in the guest (real lvs)."""
     out = host.guest(["lvs", "--noheadings", "-o", "vg_name,lv_name"])[1]
     return sorted("/".join(line.split()) for line in out.splitlines() if line.strip())
+
+
+def create_on_both(lab, name, home=None):
+    """VM ``name`` created on both hosts in the runner's order, the peer first, then the home
+    (the initial sync source); returns (home, peer) once they are in sync."""
+    home = home or lab.hosts["hostA"]
+    peer = next(h for h in lab.hosts.values() if h is not home)
+    on_peer = peer.salt("pairvm.create", name)
+    on_home = home.salt("pairvm.create", name)
+    assert f"drbdadm primary --force {name}" in on_home["changes"]  # the home is the initial sync source
+    assert f"drbdadm up {name}" in on_peer["changes"]
+    synced((home, peer), name)
+    return home, peer

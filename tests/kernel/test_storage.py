@@ -12,20 +12,19 @@ import time
 from tests.kernel import conftest as kconf
 from tests.kernel import klab
 from tests.kernel.conftest import HOST_COMMAND
-from tests.kernel.storage import MIB, checksum, events, lv_names, synced, wait_drbd, write_pattern
+from tests.kernel.storage import (
+    MIB,
+    checksum,
+    create_on_both,
+    events,
+    lv_names,
+    synced,
+    wait_drbd,
+    write_pattern,
+)
 
 # DRBD 8.4 internal meta data on a 96 MiB LV: (capacity & ~7) - md_size_sect, in sectors.
 DATA_96M = (96 * 2048 - (8 + 8 + 64)) * 512
-
-
-def create_on_both(lab, name):
-    a, b = lab.hosts["hostA"], lab.hosts["hostB"]
-    peer = b.salt("pairvm.create", name)  # the runner's order: the peer first, then the home
-    home = a.salt("pairvm.create", name)
-    assert f"drbdadm primary --force {name}" in home["changes"]  # the home is the initial sync source
-    assert f"drbdadm up {name}" in peer["changes"]
-    synced((a, b), name)
-    return a, b
 
 
 def test_lifecycle_create_failover_resize_snapshot_destroy(kernel_lab):
@@ -72,16 +71,20 @@ def test_lifecycle_create_failover_resize_snapshot_destroy(kernel_lab):
     b.salt("drbd.secondary", "kvm1")
     a.salt("drbd.primary", "kvm1")
 
-    # grow the disc: the peer first, then the home host, which resizes DRBD
-    assert b.salt("pairvm.resize", "kvm1", "96M")["changes"] == ["lvextend -L 96M /dev/there/kvm1"]
+    # grow the disc: the peer first, then the home host, which resizes DRBD; each host's
+    # record says the new size
+    assert b.salt("pairvm.resize", "kvm1", "96M")["changes"] == [
+        "lvextend -L 96M /dev/there/kvm1", "write /machines/kvm1"]
     grown = a.salt("pairvm.resize", "kvm1", "96M")["changes"]
-    assert grown == ["lvextend -L 96M /dev/here/kvm1", "drbdadm resize kvm1"]
+    assert grown == ["lvextend -L 96M /dev/here/kvm1", "drbdadm resize kvm1", "write /machines/kvm1"]
     synced((a, b), "kvm1")
     for h in (a, b):  # (8.4 refuses to open a Secondary's device at all: blockdev would fail on B)
         assert int(h.guest(["cat", "/sys/block/drbd1/size"])[1]) * 512 == DATA_96M
+    records = [(h.root / "machines/kvm1").read_text() for h in (a, b)]
+    assert records[0] == records[1] and '"disc_mib": 96\n' in records[0]
     assert checksum(a, "/dev/drbd1") == pattern
-    a.salt("pairvm.resize", "kvm1", "96M")  # again: nothing to do
-    assert a.salt("pairvm.resize", "kvm1", "96M")["changes"] == []
+    for h in (b, a, a):  # again, on each host: nothing to do
+        assert h.salt("pairvm.resize", "kvm1", "96M")["changes"] == [], h.name
 
     # a snapshot of the backing LV on the secondary holds the primary's data
     write_pattern(a, "/dev/drbd1", mib=4, offset_mib=90)  # into the grown area too

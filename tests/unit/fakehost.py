@@ -78,14 +78,16 @@ BAD_NAMES = ["bad;name", "../x", "abcdefghijklm", "all", "Vm1", "", "vm 1", "-rf
 
 
 def drbd_state(role="Secondary", peer_role="Secondary", connection="Connected", disk="UpToDate",
-               peer_disk="UpToDate"):
-    """One resource as drbd.status reports it."""
+               peer_disk="UpToDate", split_brain=False):
+    """One resource as drbd.status reports it. A split brain only when ``split_brain=True``:
+    on DRBD 8.4 a plain ``drbdadm disconnect`` is StandAlone too (the kernel tier showed
+    it); only the kernel's split-brain handler tells them apart."""
     standalone = connection == "StandAlone"
     return {
         "role": role, "peer_role": peer_role, "connection": connection,
-        "replication": "Established" if connection == "Connected" else connection,
+        "replication": "Established" if connection == "Connected" else "Off",
         "disk": disk, "peer_disk": peer_disk, "minor": 0, "volume": 0, "suspended": "no",
-        "standalone": standalone, "split_brain": standalone and disk not in (None, "Diskless"),
+        "standalone": standalone, "split_brain": split_brain,
         "connected": connection == "Connected", "syncing": False,
         "up_to_date": disk == "UpToDate" and peer_disk == "UpToDate",
     }

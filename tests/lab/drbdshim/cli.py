@@ -530,7 +530,8 @@ def cmd_status(pos, opts):
                 line += f" peer-disk:{pdsk}"
                 if conn in ("SyncSource", "SyncTarget"):
                     sync = st["sync"] or {}
-                    left = max(sync.get("end", 0) - time.time(), 0) / kernel.SYNC_SECONDS
+                    end = sync.get("start", 0) + kernel.SYNC_SECONDS
+                    left = max(end - time.time(), 0) / kernel.SYNC_SECONDS
                     line += f" done:{100 * (1 - min(left, 1)):.2f}"
                 out(line + "\n")
         out("\n")

@@ -14,6 +14,9 @@ import time
 from . import devices
 from .state import conn_rank, disk_rank, link_is_cut
 
+# How long a resync takes, read by each shim call: a caller that gives a long time holds a
+# running resync (the next call with the usual time ends it), so a test reads the sync
+# states without racing a timer.
 SYNC_SECONDS = float(os.environ.get("PVLAB_DRBD_SYNC_SECONDS", "1.0"))
 C_MASK = "C_MASK"
 # The kernel's usermode helper is /sbin/drbdadm; in the lab, the drbdadm shim.
@@ -289,7 +292,7 @@ def start_sync(st, src, dst, now):
     S, D = st["hosts"][src], st["hosts"][dst]
     S["conn"], D["conn"] = "SyncSource", "SyncTarget"
     D["disk"] = "Inconsistent"
-    st["sync"] = {"src": src, "dst": dst, "end": now + SYNC_SECONDS}
+    st["sync"] = {"src": src, "dst": dst, "start": now}
     log(st, f"resync {src} -> {dst} started")
 
 
@@ -380,7 +383,7 @@ def establish(st, now):
 def settle(st, now=None):
     """Advance the resource to where the real kernels would be by now."""
     now = time.time() if now is None else now
-    if st["sync"] and now >= st["sync"]["end"] and connected(st):
+    if st["sync"] and now >= st["sync"]["start"] + SYNC_SECONDS and connected(st):
         finish_sync(st)
     want = wants_link(st)
     if connected(st) and not want:

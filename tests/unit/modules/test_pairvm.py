@@ -68,6 +68,40 @@ def test_pillar_record_is_the_resolved_record_of_the_data_model(host):
     assert (record["domain_type"], record["state"], record["suppress"]) == ("qemu", "running", False)
 
 
+def test_pillar_record_keeps_the_disc_size_resize_recorded(host):
+    host.pillar["pairvm"]["resized"] = {"vm1": 2048, "vm2": 1024}  # vm2's pillar disc is bigger
+    assert pairvm.pillar_record("vm1")["disc_mib"] == 2048
+    assert pairvm.pillar_record("vm2")["disc_mib"] == host.record("vm2")["disc_mib"] > 1024
+
+
+@pytest.mark.parametrize("resized, message", [
+    ({"vm1": "2G"}, r"resized\.vm1: must be a whole number of MiB"),
+    ({"vm1": 8}, r"resized\.vm1: must be a whole number of MiB from 16 to"),
+    (["vm1"], "resized: must be a mapping"),
+])
+def test_pillar_record_refuses_a_bad_resized_value(host, resized, message):
+    host.pillar["pairvm"]["resized"] = resized
+    with pytest.raises(CommandExecutionError, match=message):
+        pairvm.pillar_record("vm1")
+
+
+def test_the_vm_state_keeps_a_size_resize_recorded_and_would_undo_an_unrecorded_one(host):
+    """What salt-run pairvm.resize leaves: LV and record grown, the size in pillar ``resized``.
+    A state.apply pairvm.vms (pairvm.create) then changes nothing; without ``resized`` it
+    would write the pillar's smaller size back into the record."""
+    host.install("vm1", drbd=drbd_state())
+    (host.drbd_dir / "global_common.conf").write_text(render.drbd_global_common(DRBD_OPTIONS))
+    host.lvs["here/vm1"] = 2048
+    grown = schema.dump_record({**host.record("vm1"), "disc_mib": 2048})
+    (host.machines / "vm1").write_text(grown)
+    host.pillar["pairvm"]["resized"] = {"vm1": 2048}
+    assert pairvm.create("vm1")["changes"] == []
+    del host.pillar["pairvm"]["resized"]
+    host.new_job()
+    assert pairvm.create("vm1", test=True)["changes"] == [f"write {host.machines}/vm1"]
+    assert (host.machines / "vm1").read_text() == grown
+
+
 # --- create -------------------------------------------------------------------------------------
 
 
@@ -451,8 +485,10 @@ def test_start_on_the_away_host_needs_away(peer):
 
 @pytest.mark.parametrize("state, message", [
     (None, "DRBD resource vm1 is not up on hostA"),
-    (drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"),
+    (drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown", split_brain=True),
      r"split brain.*`pairvm split_brain_victim vm1`"),
+    (drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"),
+     r"vm1 is StandAlone, not Connected.*disconnected=True"),
     (drbd_state(peer_role="Primary"), "vm1's disc is Primary on the peer: stop it there first"),
     (drbd_state(disk="Inconsistent", peer_disk="UpToDate"), "disc on hostA is Inconsistent, not UpToDate"),
     (drbd_state(disk="Outdated", connection="Connecting", peer_role="Unknown"), "not UpToDate"),
@@ -466,9 +502,20 @@ def test_start_refuses_an_unsafe_drbd_state(host, state, message):
     assert host.actions() == [] and host.defined == []
 
 
+def test_start_on_a_plain_standalone_resource_needs_disconnected(host):
+    """StandAlone after ``drbdadm disconnect`` (no split brain): the peer gets no writes, so
+    start refuses unless told, and then starts (the old tool's --disconnected)."""
+    host.install("vm1", drbd=drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"))
+    with pytest.raises(CommandExecutionError, match="not Connected") as refused:
+        pairvm.start("vm1")
+    assert "split brain" not in str(refused.value) and host.actions() == []
+    pairvm.start("vm1", disconnected=True)
+    assert host.domains["vm1"].active and host.actions()[:2] == ["drbd.primary", "virsh.define"]
+
+
 @pytest.mark.parametrize("state", [
     None,
-    drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"),
+    drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown", split_brain=True),
     drbd_state(disk="Outdated", connection="Connecting", peer_role="Unknown"),
 ])
 def test_start_disconnected_does_not_override_the_other_checks(host, state):
@@ -637,7 +684,8 @@ def test_autostart_with_test_reports_the_start_of_a_vm_whose_resource_it_brings_
 
 def test_autostart_reports_a_vm_that_may_not_start_and_goes_on(host):
     host.define("vm6", home="hostA", memory=128, disc="64M")
-    host.install("vm1", drbd=drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"))
+    host.install("vm1", drbd=drbd_state(connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown",
+                                        split_brain=True))
     host.install("vm6", drbd=drbd_state())
     results = pairvm.autostart()
     assert results["vm1"]["comment"].startswith("not started:")

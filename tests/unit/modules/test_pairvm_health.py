@@ -22,8 +22,8 @@ FACTS_PILLAR = {
     "domain_type": "qemu",
 }
 VGS = {"report": [{"vg": [
-    {"vg_name": "here", "vg_size": "1020.00m", "vg_free": "1000.00m"},
-    {"vg_name": "there", "vg_size": "1020.00m", "vg_free": "1020.00m"},
+    {"vg_name": "here", "vg_size": "1020.00m", "vg_free": "1000.00m", "vg_extent_size": "4.00m"},
+    {"vg_name": "there", "vg_size": "1020.00m", "vg_free": "1020.00m", "vg_extent_size": "0.50m"},
 ]}]}
 
 
@@ -139,8 +139,8 @@ def test_facts_returns_plain_data_verify_can_compare(facts_host):
     assert facts["drbd"]["vm1"] == {"connection": "Connected", "disk": "UpToDate"}
     assert facts["drbd_auth"] == {"vm1": True, "vm2": False}
     assert facts["lvs"] == {"here/vm1": 16, "there/vm2": 16}
-    assert facts["volume_groups"] == {"here": {"size": "1020.00m", "free": "1000.00m"},
-                                      "there": {"size": "1020.00m", "free": "1020.00m"}}
+    assert facts["volume_groups"] == {"here": {"size": "1020.00m", "free": "1000.00m", "extent_mib": 4},
+                                      "there": {"size": "1020.00m", "free": "1020.00m", "extent_mib": 1}}
     assert facts["tools_missing"] == []
     assert facts["bridges"] == {"br0": {"present": True, "state": "up"}}
     assert facts["suppressed"] == [] and facts["errors"] == {}

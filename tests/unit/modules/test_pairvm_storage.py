@@ -3,6 +3,7 @@
 
 import pytest
 
+from pairvmlib import schema
 from salt.exceptions import CommandExecutionError
 from tests.unit.fakehost import BAD_NAMES, MODULES, drbd_state
 
@@ -53,12 +54,20 @@ def test_resize_to_the_same_size_on_the_home_host_with_internal_metadata_changes
     assert host.actions() == []
 
 
+def grown_record(host, mib):
+    """The bytes /machines/vm1 must hold once vm1's disc is ``mib`` MiB: the record create
+    wrote, with the new size and nothing else changed."""
+    return schema.dump_record({**host.record("vm1"), "disc_mib": mib}).encode()
+
+
 def test_resize_grows_the_replica_on_the_peer_without_touching_drbd(peer):
     peer.install("vm1", drbd=drbd_state())
     ret = pairvm.resize("vm1", "2G")
     peer.salt["lvm.lvextend"].assert_called_once_with(size="2048M", lvpath="/dev/there/vm1")
-    assert peer.actions() == ["lvm.lvextend"] and ret["changes"] == ["lvextend -L 2048M /dev/there/vm1"]
+    assert peer.actions() == ["lvm.lvextend"]
+    assert ret["changes"] == ["lvextend -L 2048M /dev/there/vm1", f"write {peer.machines / 'vm1'}"]
     assert peer.lvs == {"there/vm1": 2048}
+    assert (peer.machines / "vm1").read_bytes() == grown_record(peer, 2048)
 
 
 def test_resize_on_the_home_host_promotes_a_stopped_vm_for_the_drbd_resize(host):
@@ -67,8 +76,21 @@ def test_resize_on_the_home_host_promotes_a_stopped_vm_for_the_drbd_resize(host)
     assert host.actions() == ["lvm.lvextend", "drbd.primary", "drbd.resize", "drbd.secondary"]
     host.salt["drbd.primary"].assert_called_once_with("vm1")
     assert ret["changes"] == ["lvextend -L 2048M /dev/here/vm1", "drbdadm primary vm1", "drbdadm resize vm1",
-                              "drbdadm secondary vm1"]
+                              "drbdadm secondary vm1", f"write {host.machines / 'vm1'}"]
     assert host.lvs == {"here/vm1": 2048} and host.drbd["vm1"]["role"] == "Secondary"
+    assert (host.machines / "vm1").read_bytes() == grown_record(host, 2048)
+    # the record is what pairvm reads afterwards (list, backup, a rebuilt peer's size)
+    host.new_job()
+    assert pairvm.resize("vm1", "2G")["changes"] == []
+
+
+def test_a_refused_resize_leaves_the_record_as_it_was(host):
+    host.install("vm1", drbd=drbd_state())
+    before = host.snapshot()
+    host.fail("lvm.lvextend", CommandExecutionError("Insufficient free space: 256 extents needed"))
+    with pytest.raises(CommandExecutionError, match="Insufficient free space"):
+        pairvm.resize("vm1", "2G")
+    assert host.snapshot() == before
 
 
 def test_resize_of_a_running_vm_resizes_drbd_without_a_role_change(host):
@@ -79,9 +101,11 @@ def test_resize_of_a_running_vm_resizes_drbd_without_a_role_change(host):
 
 def test_resize_with_test_lists_without_acting(host):
     host.install("vm1", drbd=drbd_state())
+    before = host.snapshot()
     ret = pairvm.resize("vm1", "2G", test=True)
-    assert ret["changes"][0] == "lvextend -L 2048M /dev/here/vm1" and len(ret["changes"]) == 4
-    assert host.actions() == [] and host.lvs == {"here/vm1": 1024}
+    assert ret["changes"][0] == "lvextend -L 2048M /dev/here/vm1" and len(ret["changes"]) == 5
+    assert ret["changes"][-1] == f"write {host.machines / 'vm1'}"
+    assert host.actions() == [] and host.lvs == {"here/vm1": 1024} and host.snapshot() == before
 
 
 def test_resize_refuses_while_drbd_is_down(peer):
@@ -93,7 +117,7 @@ def test_resize_refuses_while_drbd_is_down(peer):
 
 # --- split_brain_victim -----------------------------------------------------------------
 
-SPLIT = {"connection": "StandAlone", "peer_role": "Unknown", "peer_disk": "DUnknown"}
+SPLIT = {"connection": "StandAlone", "peer_role": "Unknown", "peer_disk": "DUnknown", "split_brain": True}
 
 
 def test_split_brain_victim_keeps_a_full_snapshot_then_discards(peer):
@@ -135,7 +159,7 @@ def test_split_brain_victim_test_true_lists_the_commands_and_changes_nothing(pee
 @pytest.mark.parametrize("state, domain, message", [
     (None, None, "DRBD resource vm1 is not up on hostB"),
     (drbd_state(), None, "is Connected with its disc UpToDate, not in split brain: nothing is discarded"),
-    (dict(drbd_state(**SPLIT), split_brain=False), None,
+    (drbd_state(**{**SPLIT, "split_brain": False}), None,
      r"StandAlone.*not in split brain.*drbdadm connect vm1"),
     (drbd_state(**SPLIT), "running", "VM vm1 is running on hostB"),
 ])

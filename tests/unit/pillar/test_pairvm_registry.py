@@ -21,6 +21,7 @@ HOSTS = {"hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
          "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"}}
 HOSTS_TWO = {"hostC": {"admin_ip": "10.77.0.13", "replication_ip": "10.78.0.13"},
              "hostD": {"admin_ip": "10.77.0.14", "replication_ip": "10.78.0.14"}}
+EMPTY = {"allocations": {}, "vms": {}, "resized": {}}  # what a registry without VMs gives
 
 
 @pytest.fixture
@@ -51,12 +52,13 @@ def test_without_a_registry_there_is_nothing_to_add(cachedir):
 
 
 def test_a_pair_host_gets_its_pairs_allocations_definitions_and_secret(cachedir):
-    save(cachedir, "default", HOSTS, {"vm1": {"definition": None, "alloc": ALLOC_1},
+    save(cachedir, "default", HOSTS, {"vm1": {"definition": None, "alloc": ALLOC_1, "disc_mib": 3072},
                                       "web": {"definition": CLI_DEFINITION, "alloc": ALLOC_2}}, "s3cr3t")
     pillar = registry_pillar.ext_pillar("hostA", pillar_of(HOSTS, vms={"vm1": {"home": "hostA"}}))
     assert pillar == {"pairvm": {
         "allocations": {"vm1": ALLOC_1, "web": ALLOC_2},
         "vms": {"web": CLI_DEFINITION},
+        "resized": {"vm1": 3072},  # salt-run pairvm.resize grew the pillar-defined vm1
         "drbd_options": {"shared_secret": "s3cr3t"},
     }}
     assert registry_pillar.ext_pillar("hostB", pillar_of(HOSTS)) == pillar
@@ -100,12 +102,12 @@ def test_nothing_for_a_minion_outside_the_pair_of_a_registry_that_recorded_no_ho
 def test_a_secret_pillar_gives_is_not_replaced(cachedir):
     save(cachedir, "default", HOSTS, {}, "generated")
     pillar = pillar_of(HOSTS, drbd_options={"shared_secret": "mine", "resync_rate": "100M"})
-    assert registry_pillar.ext_pillar("hostA", pillar) == {"pairvm": {"allocations": {}, "vms": {}}}
+    assert registry_pillar.ext_pillar("hostA", pillar) == {"pairvm": EMPTY}
 
 
 def test_an_empty_registry_without_a_secret_adds_empty_maps(cachedir):
     save(cachedir, "default", HOSTS, {})
-    assert registry_pillar.ext_pillar("hostA", pillar_of(HOSTS)) == {"pairvm": {"allocations": {}, "vms": {}}}
+    assert registry_pillar.ext_pillar("hostA", pillar_of(HOSTS)) == {"pairvm": EMPTY}
 
 
 def test_one_pairs_registry_is_read_however_many_pairs_there_are(cachedir, monkeypatch):

@@ -98,6 +98,7 @@ class Master:
         if ext:
             pairvm["vms"] = {**pairvm.get("vms", {}), **ext["pairvm"]["vms"]}
             pairvm["allocations"] = ext["pairvm"]["allocations"]
+            pairvm["resized"] = ext["pairvm"]["resized"]
             pairvm.setdefault("drbd_options", {}).update(ext["pairvm"].get("drbd_options", {}))
         return {"pairvm": pairvm}
 
@@ -409,19 +410,69 @@ def test_destroy_failing_on_a_host_keeps_the_registry_entry(web):
 # --- resize ------------------------------------------------------------------------------------------
 
 
-def test_resize_grows_the_peer_before_the_home_host(allocated):
-    allocated.handlers["pairvm.pillar_record"] = lambda minion, name: {"name": name, "home": "hostA",
-                                                                       "peer": "hostB"}
-    allocated.handlers["pairvm.resize"] = lambda minion, name, size: {"name": name, "changes": [size]}
+def resizing(master):
+    """Both hosts answer pillar_record and grow the disc (as pairvm.resize does there)."""
+    master.handlers["pairvm.pillar_record"] = lambda minion, name: {"name": name, "home": "hostA",
+                                                                    "peer": "hostB"}
+    master.handlers["pairvm.resize"] = lambda minion, name, size: {"name": name, "changes": [size]}
+    return master
+
+
+def test_resize_grows_the_peer_then_the_home_then_records_the_size(allocated):
+    resizing(allocated)
     ret = runner.resize("vm1", "2G")
-    assert [c for c in allocated.functions() if c[1] == "pairvm.resize"] == [
-        ("hostB", "pairvm.resize"), ("hostA", "pairvm.resize")]
-    assert ret == {"hostB": {"name": "vm1", "changes": ["2G"]}, "hostA": {"name": "vm1", "changes": ["2G"]}}
+    order = allocated.functions()
+    assert order == [("hostA", "pairvm.pillar_record"), ("hostB", "pairvm.resize"),
+                     ("hostA", "pairvm.resize"), ("hostA", "saltutil.refresh_pillar"),
+                     ("hostB", "saltutil.refresh_pillar")]
+    assert ret == {"name": "vm1", "disc_mib": 2048,
+                   "hosts": {"hostB": {"name": "vm1", "changes": ["2G"]},
+                             "hostA": {"name": "vm1", "changes": ["2G"]}},
+                   "comment": "VM vm1's disc is 2048 MiB on both hosts, recorded in the registry"}
+    # vm1 is defined in the pillar files (1G): the registry keeps the grown size beside its
+    # allocation, and both hosts' pillar carries it when they refresh
+    entry = allocated.load_registry()["vms"]["vm1"]
+    assert entry["definition"] is None and entry["disc_mib"] == 2048
+    for minion in ("hostA", "hostB"):
+        assert allocated.seen_at_refresh[minion]["resized"] == {"vm1": 2048}
+        assert allocated.seen_at_refresh[minion]["vms"]["vm1"]["disc"] == "1G"
 
 
-def test_resize_refused_on_the_peer_stops_there(allocated):
-    allocated.handlers["pairvm.pillar_record"] = lambda minion, name: {"name": name, "home": "hostA",
-                                                                       "peer": "hostB"}
+def test_resize_of_a_cli_created_vm_records_the_size_in_its_definition(allocated):
+    runner.create("web", "hostA", 512, "2G")
+    allocated.calls.clear()
+    resizing(allocated)
+    assert runner.resize("web", "3G")["disc_mib"] == 3072
+    entry = allocated.load_registry()["vms"]["web"]
+    assert entry["definition"]["disc_mib"] == 3072 and "disc_mib" not in entry
+    assert schema.vms(allocated.seen_at_refresh["hostB"])["web"]["disc_mib"] == 3072
+    assert allocated.seen_at_refresh["hostB"]["resized"] == {}
+
+
+def test_resize_once_pillar_gives_the_size_drops_the_registry_copy(allocated):
+    resizing(allocated)
+    runner.resize("vm1", "2G")
+    allocated.pillar["vms"]["vm1"]["disc"] = "2G"  # the operator set it in pillar, as verify asks
+    runner.resize("vm1", "2G")
+    assert "disc_mib" not in allocated.load_registry()["vms"]["vm1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("vm1", "-5G"), "must be a whole number of MiB or a size"),
+    (("vm1", "12X"), "must be a whole number of MiB or a size"),
+    (("bad;name", "2G"), "name: must be 1 to 12 characters"),
+])
+def test_resize_refuses_bad_input_before_calling_a_host(allocated, args, message):
+    resizing(allocated)
+    saved = allocated.registry_file()
+    ret = runner.resize(*args)
+    assert ret["retcode"] == 1 and message in ret["error"], ret
+    assert allocated.calls == [] and allocated.registry_file() == saved
+
+
+def test_resize_refused_on_the_peer_stops_there_and_records_nothing(allocated):
+    resizing(allocated)
+    saved = allocated.registry_file()
 
     def refuse(minion, name, size):
         raise MinionFailed(f"VM {name}'s disc is 1024 MiB; pairvm only grows discs")
@@ -430,6 +481,8 @@ def test_resize_refused_on_the_peer_stops_there(allocated):
     ret = runner.resize("vm1", "512M")
     assert ret["retcode"] == 1 and "only grows" in ret["error"]
     assert [c for c in allocated.functions() if c[1] == "pairvm.resize"] == [("hostB", "pairvm.resize")]
+    assert allocated.registry_file() == saved
+    assert not [c for c in allocated.functions() if c[1] == "saltutil.refresh_pillar"]
 
 
 # --- split brain ---------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_as_pillar_adds_the_secret_only_when_given():
     saved = {"vms": {"vm1": ENTRY, "web": {"definition": {"home": "hostA"}, "alloc": {"ip": "x"}}}}
     allocations = {"vm1": ENTRY["alloc"], "web": {"ip": "x"}}
     assert registry.as_pillar(saved) == {"pairvm": {"allocations": allocations,
-                                                    "vms": {"web": {"home": "hostA"}}}}
+                                                    "vms": {"web": {"home": "hostA"}},
+                                                    "resized": {}}}
     assert registry.as_pillar(saved, "s")["pairvm"]["drbd_options"] == {"shared_secret": "s"}
 
 

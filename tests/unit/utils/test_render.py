@@ -249,9 +249,8 @@ UNSAFE = set(';{}"#\\\n\r\t ')
 NEAR_VALID = st.text(alphabet=st.sampled_from('az09-._+/=;{}"# \n\tA'), max_size=14) | st.text()
 
 
-@settings(max_examples=400, deadline=None, database=None)
-@given(field=st.sampled_from(["name", "minion", "vg", "replication_ip", "shared_secret"]), value=NEAR_VALID)
-def test_no_input_text_can_inject_drbd_syntax(field, value):
+def given_field(field, value):
+    """(record, options) of the sample with ``value`` put in ``field``."""
     record, options = sample_record(), {}
     if field == "name":
         record["name"] = value
@@ -261,12 +260,35 @@ def test_no_input_text_can_inject_drbd_syntax(field, value):
         options["shared_secret"] = value
     else:
         record["hosts"]["hostA"][field] = value
+    return record, options
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(field=st.sampled_from(["name", "minion", "vg", "replication_ip", "shared_secret"]), value=NEAR_VALID)
+def test_no_input_text_can_inject_drbd_syntax(field, value):
+    record, options = given_field(field, value)
     try:
         text = render.drbd_resource(record, options)
-    except ValueError:
+    except ValueError as exc:
+        # refused: for the field it was given to, not for anything else
+        assert str(exc).startswith(REFUSED_AS[field]), (field, value, exc)
         return
     assert not UNSAFE & set(value)
     assert len(sections(text)) == len(sections(render.drbd_resource(sample_record(), options)))
+
+
+# How drbd_resource names the field a bad value of the property test above was given to.
+REFUSED_AS = {"name": "name: ", "minion": "hosts: ", "vg": "hosts.hostA.vg: ",
+              "replication_ip": "hosts.hostA.replication_ip: ", "shared_secret": "options.shared_secret: "}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", "web-2"), ("minion", "host-a.example.org"), ("vg", "vg_here-1"),
+    ("replication_ip", "10.78.0.21"), ("shared_secret", "Zx9+/=abc"),
+])
+def test_near_valid_values_of_the_property_test_are_accepted(field, value):
+    """The positive control of the property test: valid values of each field render."""
+    assert value in render.drbd_resource(*given_field(field, value))
 
 
 # --- DRBD global_common -------------------------------------------------------------

@@ -30,9 +30,10 @@ PING_ONLY = object()  # answers test.ping, then nothing
 
 
 def drbd(**changes):
+    """A resource as drbd.status reports it. ``split_brain`` only when given: StandAlone is
+    also what a plain ``drbdadm disconnect`` leaves (the kernel tier showed it)."""
     state = {**UP, **changes}
     state["standalone"] = state["connection"] == "StandAlone"
-    state["split_brain"] = state["standalone"] and state["disk"] not in (None, "Diskless")
     state["connected"] = state["connection"] == "Connected"
     state["up_to_date"] = state["disk"] == "UpToDate" and state["peer_disk"] == "UpToDate"
     return state
@@ -230,7 +231,7 @@ def test_drbd_disc_not_up_to_date(pair):
 def test_split_brain(pair):
     for host in HOSTS:
         pair.facts[host]["drbd"]["vm1"] = drbd(connection="StandAlone", peer_role=None, replication="Off",
-                                               peer_disk="DUnknown")
+                                               peer_disk="DUnknown", split_brain=True)
     result = runner.verify()
     assert codes(result) == [("ERROR", "EDRBDSPLITBRAIN", "vm1", "hostA"),
                              ("ERROR", "EDRBDSPLITBRAIN", "vm1", "hostB")]
@@ -238,6 +239,17 @@ def test_split_brain(pair):
         "ERROR EDRBDSPLITBRAIN vm1@hostA: DRBD resource vm1 is StandAlone with its disc UpToDate: "
         "split brain")
     assert_fails(result)
+
+
+def test_a_plain_disconnect_is_standalone_but_no_split_brain(pair):
+    pair.facts["hostA"]["drbd"]["vm1"] = drbd(role="Primary", connection="StandAlone", peer_role=None,
+                                              replication="Off", peer_disk="DUnknown")
+    pair.facts["hostB"]["drbd"]["vm1"] = drbd(connection="WFConnection", peer_role=None,
+                                              replication="Off", peer_disk="DUnknown")
+    result = runner.verify()
+    assert codes(result) == [("ERROR", "EDRBDDISCONNECTED", "vm1", "hostA"),
+                             ("ERROR", "EDRBDDISCONNECTED", "vm1", "hostB")]
+    assert "vm1 is StandAlone, not Connected" in result["lines"][0]
 
 
 def test_a_vm_running_on_both_hosts(pair):
@@ -292,6 +304,62 @@ def test_vnc_not_on_localhost(pair, listen):
     assert result["lines"][0].startswith(
         f"ERROR EVNCNOTLOCAL vm2@hostB: VNC listens on {listen}, not 127.0.0.1")
     assert_fails(result)
+
+
+def grow(pair, name, mib, hosts=HOSTS):
+    """VM ``name``'s LVs grown to ``mib`` MiB on ``hosts`` (as pairvm.resize leaves them)."""
+    for host in hosts:
+        vg = pair.facts[host]["machines"][name]["vg"]
+        pair.facts[host]["lvs"][f"{vg}/{name}"] = mib
+
+
+def test_a_disc_grown_and_recorded_by_the_runner_is_a_warning_until_pillar_says_it(pair):
+    grow(pair, "vm1", 2048)
+    pair.registry["vms"]["vm1"]["disc_mib"] = 2048  # salt-run pairvm.resize vm1 2G
+    pair.save_registry()
+    result = runner.verify()
+    assert codes(result) == [("WARNING", "EDISCGROWN", "vm1", None)]
+    assert result["lines"] == [
+        "WARNING EDISCGROWN vm1: its definition gives a 1024 MiB disc, but its LVs are 2048 MiB on hostA, "
+        "2048 MiB on hostB: grown by salt-run pairvm.resize, whose size the registry keeps; set disc: 2048M "
+        "in pillar, which describes a disc that no longer exists"]
+    assert result["ok"] is True and result["retcode"] == 0
+    pair.pillar["vms"]["vm1"]["disc"] = "2G"
+    assert runner.verify()["findings"] == []
+
+
+@pytest.mark.parametrize("recorded", [None, 1536])
+def test_a_disc_grown_that_nothing_records_is_an_error(pair, recorded):
+    grow(pair, "vm2", 3072, hosts=("hostB",))  # pairvm.resize on vm2's home alone, or lvextend
+    if recorded:
+        pair.registry["vms"]["vm2"]["disc_mib"] = recorded  # an older, smaller resize
+        pair.save_registry()
+    result = runner.verify()
+    assert codes(result) == [("ERROR", "EDISCGROWN", "vm2", None)]
+    assert "LVs are 3072 MiB on hostB and nothing records that size" in result["lines"][0]
+    assert result["lines"][0].endswith("record it: salt-run pairvm.resize vm2 3072M")
+    assert_fails(result)
+
+
+def test_a_cli_created_vm_grown_without_the_runner_is_an_error(pair):
+    pair.registry["vms"]["vm2"]["definition"] = schema.vm_definition("vm2", pair.pillar["vms"].pop("vm2"),
+                                                                     schema.settings(pair.pillar))
+    pair.save_registry()
+    pair.pillar["vms"]["vm2"] = pair.registry["vms"]["vm2"]["definition"]  # the ext_pillar serves it
+    assert runner.verify()["findings"] == []
+    grow(pair, "vm2", 3072)
+    assert codes(runner.verify()) == [("ERROR", "EDISCGROWN", "vm2", None)]
+
+
+def test_an_lv_rounded_up_to_the_extent_size_is_not_grown(pair):
+    pair.pillar["vms"]["vm1"]["disc"] = "1022M"  # lvcreate -L 1022M gives 1024 MiB with 4 MiB extents
+    for host in HOSTS:
+        for vg in ("here", "there"):
+            pair.facts[host]["volume_groups"][vg]["extent_mib"] = 4
+    assert runner.verify()["findings"] == []
+    for host in HOSTS:
+        pair.facts[host]["volume_groups"]["here"]["extent_mib"] = 1
+    assert codes(runner.verify()) == [("ERROR", "EDISCGROWN", "vm1", None)]
 
 
 def test_memory_over_the_cap(pair):
