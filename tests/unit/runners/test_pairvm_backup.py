@@ -18,7 +18,7 @@ class Client:
     """Two hosts; ``lists`` is what pairvm.list answers, ``backups`` how pairvm.backup answers."""
 
     def __init__(self):
-        self.published, self.gathered = [], []
+        self.published, self.log = [], []  # log: ("publish" | "gather", host, function)
         self.lists = {"hostA": [("vm1", True, "home"), ("vm2", False, "away")],
                       "hostB": [("vm1", False, "away"), ("vm2", True, "home")]}
         self.backups = {}  # host: (ret, retcode); default: each VM backed up
@@ -26,11 +26,12 @@ class Client:
     def run_job(self, tgt, fun, arg, tgt_type, kwarg, timeout, listen):
         assert tgt_type == "list" and len(tgt) == 1 and listen
         self.published.append((tgt[0], fun, kwarg))
+        self.log.append(("publish", tgt[0], fun))
         return {"jid": str(len(self.published)), "minions": tgt}
 
     def get_cli_event_returns(self, jid, minions, timeout, tgt, tgt_type):
         host, fun, kwarg = self.published[int(jid) - 1]
-        self.gathered.append(jid)
+        self.log.append(("gather", host, fun))
         if fun == "pairvm.list":
             rows = [{"name": n, "running": r, "location": loc} for n, r, loc in self.lists[host]]
             yield {host: {"ret": {"vms": rows}, "retcode": 0}}
@@ -65,9 +66,11 @@ def test_each_vm_goes_to_the_host_not_running_it_and_both_hosts_run_at_once(clie
     assert client.backup_calls() == {
         "hostA": {"name": "vm2", "destination": DEST, "test": False, "speed": 2048},
         "hostB": {"name": "vm1", "destination": DEST, "test": False, "speed": 2048}}
-    # both backups were published before either return was waited for
-    assert [fun for _h, fun, _k in client.published] == ["pairvm.list"] * 2 + ["pairvm.backup"] * 2
-    assert client.gathered[2:] == ["3", "4"]
+    # both hosts were asked at once, and both backups started before either return was waited for
+    assert [(step, fun) for step, _host, fun in client.log] == [
+        ("publish", "pairvm.list"), ("publish", "pairvm.list"), ("gather", "pairvm.list"),
+        ("gather", "pairvm.list"), ("publish", "pairvm.backup"), ("publish", "pairvm.backup"),
+        ("gather", "pairvm.backup"), ("gather", "pairvm.backup")]
     assert ret["result"] is True and "retcode" not in ret and runner.__context__ == {}
     assert {vm: (r["host"], r["result"]) for vm, r in ret["vms"].items()} == {
         "vm1": ("hostB", True), "vm2": ("hostA", True)}
