@@ -5,7 +5,7 @@ and its gate (docs/architecture.md). The pure pieces are in
 ``pairvmlib.backup`` (remote scripts, argv, eligibility, settings), the
 process pipeline in ``pairvmlib.transfer``.
 
-:depends: lvm2, drbd-utils, pv, pigz, zstd, openssh-client
+:depends: lvm2, drbd-utils, pv, pigz, zstd, openssl, openssh-client, util-linux (setpriv)
 """
 
 import contextlib
@@ -76,16 +76,22 @@ def backup(name, destination, speed=None, compress=None, on_running_host=False, 
 
     ``name`` is one VM, ``all`` (every VM this host should back up) or a
     comma-separated list. ``destination`` is ``user@host:/path``; ``_NAME``
-    in it becomes the VM's name. Runs on the host that is NOT running the VM
-    (its disc there is the DRBD replica); on the running host only with
-    ``on_running_host=True``; a VM running nowhere is backed up by its home
-    host. The disc's snapshot is read at no more than ``speed`` KiB/s
-    (default pillar ``pairvm:backup:speed``; 0 = no limit), compressed with
-    pigz (gzip) or zstd (``compress=zstd``), written on the backup host to
-    ``PATH.partial`` and renamed to PATH only when the whole stream arrived
-    and its sha256 matches; ``PATH.sha256`` is stored beside it. The
-    snapshot is removed in every case. Progress: event
-    ``pairvm/backup/<vm>/progress``.
+    in it becomes the VM's name (required for ``all`` or a list). Runs on
+    the host that is NOT running the VM (its disc there is the DRBD
+    replica); on the running host only with ``on_running_host=True``; a VM
+    running nowhere is backed up by its home host (``salt-run
+    pairvm.backup`` picks the host for each VM).
+
+    The backup's one SSH connection is opened first: an unreachable backup
+    host, a missing or refused key or an unwritable directory are refused
+    then, before the snapshot is taken, and nothing changes. The disc's
+    snapshot is read at no more than ``speed`` KiB/s (default pillar
+    ``pairvm:backup:speed``; 0 = no limit), compressed with pigz (gzip) or
+    zstd (``compress=zstd``), written on the backup host to
+    ``PATH.partial`` and renamed to PATH only when the sha256 the backup
+    host computed of what it stored equals that of the stream sent;
+    ``PATH.sha256`` is stored beside it. The snapshot is removed in every
+    case. Progress: event ``pairvm/backup/<vm>/progress``.
 
     With ``all`` or a list, VMs this host must not back up are skipped with
     the reason, and one VM's failure does not stop the others; the result

@@ -8,9 +8,9 @@ line of its standard input and is only ever used as a quoted variable, so
 the remote shell never interprets it, and nothing the operator typed is
 put into a command line there.
 
-A backup uses ONE ssh connection: its control master runs COMMIT and carries
-the UPLOAD session beside it (``ssh_argv(..., control=...)``). UPLOAD says
-``ready`` once PATH.partial exists, before the snapshot is taken, so an
+A backup uses ONE ssh connection: its own session (the control master) runs
+UPLOAD, and COMMIT runs beside it (``ssh_argv(..., control=...)``). UPLOAD
+says ``ready`` once PATH.partial exists, before the snapshot is taken, so an
 unreachable host, a refused key or an unwritable directory fail at once.
 """
 

@@ -3,11 +3,11 @@
 No byte of a backup passes through Python: the stages are processes joined
 by pipes, as a shell would join them.
 
-* ``Upload`` (a backup): one ssh connection whose control master runs the
-  constant COMMIT script and carries the UPLOAD session beside it. Opening
-  it checks the key, the host and the directory before the snapshot is
-  taken; ``send`` then runs ``pv | compressor | tee >(sha256) | ssh`` and
-  renames the file there only when both sides' sha256 agree.
+* ``Upload`` (a backup): one ssh connection whose own session runs the
+  constant UPLOAD script and which carries the COMMIT session beside it.
+  Opening it checks the key, the host and the directory before the
+  snapshot is taken; ``send`` then runs ``pv | compressor | tee >(sha256)
+  | ssh`` and has COMMIT rename the file only when both sides' sha256 agree.
 * ``Fetch`` (restore, verify_backup): one ssh session that sends a stored
   backup's checksum, size and first bytes, then the backup, into
   ``pv | tee >(sha256) | decompressor``.
