@@ -38,7 +38,7 @@ from pairvmlib.errors import Failed
 PORT = 2299
 # full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
 DATA_MIB, QUICK_DATA_MIB = 1024, 128
-ROUNDS, QUICK_ROUNDS = 3, 2
+ROUNDS, QUICK_ROUNDS = 5, 2
 LIMITS_KIB = (1024, 8192, 32768)
 CAPPED_SECONDS, QUICK_CAPPED_SECONDS = 23, 3
 
