@@ -270,7 +270,7 @@ def restore(name, source, confirm=False, test=False):
         device = layout.drbd_device(record["drbd_minor"])
         plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
         try:
-            got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | pv | tee >(sha256) "
+            got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | tee >(sha256) "
                             f"| decompress > {device}", _restore_stream, host, name, fetch, device)
         finally:
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)

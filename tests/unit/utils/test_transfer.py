@@ -18,13 +18,30 @@ def test_tee_hashed_passes_the_stream_on_and_hashes_it(tmp_path):
     (tmp_path / "in").write_bytes(data)
     pipe = transfer.Pipeline()
     with open(tmp_path / "in", "rb") as source, open(tmp_path / "out", "wb") as sink:
-        hasher = transfer.tee_hashed(pipe, source, sink)
+        _tee, hasher = transfer.tee_hashed(pipe, source, sink)
     try:
         assert transfer.digest_of(hasher) == hashlib.sha256(data).hexdigest()
         pipe.wait()
     finally:
         pipe.close()
     assert (tmp_path / "out").read_bytes() == data and pipe.failure() is None
+
+
+def test_count_reads_reports_what_a_stage_has_read_so_far():
+    pipe, seen = transfer.Pipeline(), []
+    source, feed = os.pipe()
+    try:
+        tee = pipe.start("copying", ["tee"], stdin=source, stdout=subprocess.DEVNULL)
+        os.close(source)
+        pipe.count_reads(tee, seen.append)
+        os.write(feed, b"x" * 100000)
+        time.sleep(1.5)  # one report comes after a second
+        assert seen and 100000 <= seen[-1] < 100000 + 65536, seen  # rchar: also the loader's few reads
+        os.close(feed)
+        pipe.wait()
+    finally:
+        pipe.close()
+    assert pipe.failure() is None
 
 
 def test_failure_blames_the_stage_that_failed_not_those_that_lost_their_reader():
