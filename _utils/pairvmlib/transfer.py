@@ -10,7 +10,7 @@ by pipes, as a shell would join them.
   | ssh`` and has COMMIT rename the file only when both sides' sha256 agree.
 * ``Fetch`` (restore, verify_backup): one ssh session that sends a stored
   backup's checksum, size and first bytes, then the backup, into
-  ``pv | tee >(sha256) | decompressor``.
+  ``tee >(sha256) | decompressor`` (progress: what tee has read).
 
 Every command is an argv list; failures raise ``Failed`` naming the stage.
 """
@@ -59,6 +59,7 @@ class Pipeline:
 
     def __init__(self):
         self.procs, self.errors, self.threads = [], {}, []
+        self.done = threading.Event()
 
     def start(self, what, argv, **kwargs):
         try:
@@ -80,10 +81,28 @@ class Pipeline:
                 if on_line is None or not on_line(text):
                     lines.append(text)
 
+        self.background(read)
+
+    def background(self, func):
+        """Run ``func`` in a thread that ``wait`` and ``close`` join."""
         # Salt's dunders live in a context variable: the thread gets a copy.
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(read,), daemon=True)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(func,), daemon=True)
         thread.start()
         self.threads.append(thread)
+
+    def count_reads(self, proc, report):
+        """Report, once a second until the stages end, how many bytes ``proc`` has read
+        (``rchar`` of /proc/PID/io): a stream's progress with no process copying it."""
+
+        def watch():
+            while not self.done.wait(1):
+                try:
+                    with open(f"/proc/{proc.pid}/io", encoding="ascii") as io:
+                        report(int(io.readline().split()[1]))  # rchar: N
+                except (OSError, ValueError, IndexError):
+                    return
+
+        self.background(watch)
 
     def said(self, what):
         return "; ".join(line for line in self.errors.get(what, []) if line)[-400:]
@@ -91,6 +110,7 @@ class Pipeline:
     def wait(self):
         for _what, _tool, proc in self.procs:
             proc.wait()
+        self.done.set()
         for thread in self.threads:
             thread.join(timeout=10)
 
@@ -114,6 +134,7 @@ class Pipeline:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+        self.done.set()
         for thread in self.threads:
             thread.join(timeout=10)
         for _what, _tool, proc in self.procs:
@@ -130,8 +151,8 @@ def widen_pipe(fd):
 
 
 def tee_hashed(pipe, source, sink):
-    """``tee`` from ``source`` into ``sink`` and into ``openssl dgst``; returns the
-    hashing process (its stdout: the digest)."""
+    """``tee`` from ``source`` into ``sink`` and into ``openssl dgst``; returns both
+    processes (the hasher's stdout: the digest)."""
     hash_in, tee_out = os.pipe()
     try:
         widen_pipe(tee_out)
@@ -143,7 +164,7 @@ def tee_hashed(pipe, source, sink):
         os.close(tee_out)
     pipe.collect_stderr(tee, "copying")
     pipe.collect_stderr(hasher, "sha256")
-    return hasher
+    return tee, hasher
 
 
 def digest_of(hasher):
@@ -254,7 +275,7 @@ class Upload:
                             stdout=subprocess.PIPE)
         packer = pipe.start(f"{compress} compression", backup.compressor(compress)["compress"],
                             stdin=reader.stdout, stdout=subprocess.PIPE)
-        hasher = tee_hashed(pipe, packer.stdout, self.data)
+        _tee, hasher = tee_hashed(pipe, packer.stdout, self.data)
         for stream in (reader.stdout, packer.stdout):
             stream.close()
         os.close(self.data)
@@ -367,29 +388,19 @@ class Fetch:
         """Stream the backup through its decompressor into ``sink`` (a file
         descriptor, or DEVNULL to test it); return the sha256 of what came."""
         report = reporter(operation, name, self.size)
-
-        def pv_line(text):
-            if not text.isdigit():
-                return False
-            report(int(text))
-            return True
-
         pipe, where, kind = self.pipe, dest_text(self.src), self.compression
-        meter = pipe.start("counting", ["pv", "-f", "-n", "-b", "-i", "1", "-s", str(self.size)],
-                           stdin=self.ssh.stdout, stdout=subprocess.PIPE)
         unpack_in, tee_out = os.pipe()
         try:
             widen_pipe(tee_out)
-            hasher = tee_hashed(pipe, meter.stdout, tee_out)
+            tee, hasher = tee_hashed(pipe, self.ssh.stdout, tee_out)
             unpack = pipe.start(f"{kind} decompression", backup.compressor(kind)["decompress"],
                                 stdin=unpack_in, stdout=sink)
         finally:
             os.close(unpack_in)
             os.close(tee_out)
         self.ssh.stdout.close()
-        meter.stdout.close()
-        pipe.collect_stderr(meter, "counting", pv_line)
         pipe.collect_stderr(unpack, f"{kind} decompression")
+        pipe.count_reads(tee, report)
         got = digest_of(hasher)
         pipe.wait()
         failed = pipe.failure(first=(f"{kind} decompression",))
