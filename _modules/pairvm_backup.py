@@ -5,9 +5,10 @@ and its gate (docs/architecture.md). The pure pieces are in
 ``pairvmlib.backup`` (remote scripts, argv, eligibility, settings), the
 process pipeline in ``pairvmlib.transfer``.
 
-:depends: lvm2, drbd-utils, pv, pigz, zstd, openssh-client
+:depends: lvm2, drbd-utils, pv, pigz, zstd, openssl, openssh-client, util-linux (setpriv)
 """
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -75,16 +76,22 @@ def backup(name, destination, speed=None, compress=None, on_running_host=False, 
 
     ``name`` is one VM, ``all`` (every VM this host should back up) or a
     comma-separated list. ``destination`` is ``user@host:/path``; ``_NAME``
-    in it becomes the VM's name. Runs on the host that is NOT running the VM
-    (its disc there is the DRBD replica); on the running host only with
-    ``on_running_host=True``; a VM running nowhere is backed up by its home
-    host. The disc's snapshot is read at no more than ``speed`` KiB/s
-    (default pillar ``pairvm:backup:speed``; 0 = no limit), compressed with
-    pigz (gzip) or zstd (``compress=zstd``), written on the backup host to
-    ``PATH.partial`` and renamed to PATH only when the whole stream arrived
-    and its sha256 matches; ``PATH.sha256`` is stored beside it. The
-    snapshot is removed in every case. Progress: event
-    ``pairvm/backup/<vm>/progress``.
+    in it becomes the VM's name (required for ``all`` or a list). Runs on
+    the host that is NOT running the VM (its disc there is the DRBD
+    replica); on the running host only with ``on_running_host=True``; a VM
+    running nowhere is backed up by its home host (``salt-run
+    pairvm.backup`` picks the host for each VM).
+
+    The backup's one SSH connection is opened first: an unreachable backup
+    host, a missing or refused key or an unwritable directory are refused
+    then, before the snapshot is taken, and nothing changes. The disc's
+    snapshot is read at no more than ``speed`` KiB/s (default pillar
+    ``pairvm:backup:speed``; 0 = no limit), compressed with pigz (gzip) or
+    zstd (``compress=zstd``), written on the backup host to
+    ``PATH.partial`` and renamed to PATH only when the sha256 the backup
+    host computed of what it stored equals that of the stream sent;
+    ``PATH.sha256`` is stored beside it. The snapshot is removed in every
+    case. Progress: event ``pairvm/backup/<vm>/progress``.
 
     With ``all`` or a list, VMs this host must not back up are skipped with
     the reason, and one VM's failure does not stop the others; the result
@@ -107,6 +114,7 @@ def backup(name, destination, speed=None, compress=None, on_running_host=False, 
     for vm in names:
         hostlib.check_name(vm)
     bk.parse_destination(destination, names[0] if names else None)
+    bk.check_one_each(destination, "all" if name == "all" else names)
     if name != "all" and len(names) == 1:
         return _backup_one(host, host.machine(name), destination, settings, on_running_host, test)
     return _backup_many(host, names, destination, settings, on_running_host, test)
@@ -145,22 +153,27 @@ def _backup_one(host, record, destination, settings, on_running_host, test):
     snapshot_size = bk.snapshot_size_kwarg(settings["snapshot_size"])
     size_option = f"{'-l' if 'extents' in snapshot_size else '-L'} {next(iter(snapshot_size.values()))}"
     plan = host.plan(name, test)
+    connection = contextlib.nullcontext() if test else transfer.Upload(dest, settings)
     with host.lock(name), transfer.sigterm_interrupts():
-        if f"{vg}/{snap}" in host.lvs():
+        left = f"{vg}/{snap}" in host.lvs()
+        if left:
             _check_left_snapshot(host, vg, name, snap)
-            plan.step(f"lvremove -f {vg}/{snap} (left by an interrupted backup)", host.lvremove, snap, vg)
-        plan.step(f"lvcreate -s -n {snap} {size_option} {origin}",
-                  host.lvcreate, snap, vg, snapshot=name, **snapshot_size)
-        try:
-            speed = f"-L {settings['speed']}k " if settings["speed"] else ""
-            sent = plan.step(
-                f"pv {speed}/dev/{vg}/{snap} ({size} bytes) | {settings['compress']} "
-                f"| ssh -i {settings['key']} {dest['user']}@{dest['host']} > {dest['path']}.partial, "
-                f"checksum, rename to {dest['path']} (+ .sha256)",
-                transfer.send, name, f"/dev/{vg}/{snap}", size, dest, settings,
-                functools.partial(_snapshot_valid, host, f"{vg}/{snap}"), host.reporter)
-        finally:
-            plan.step(f"lvremove -f {vg}/{snap}", host.lvremove, snap, vg)
+        with connection as upload:  # the backup host, key and directory checked: before any change
+            if left:
+                plan.step(f"lvremove -f {vg}/{snap} (left by an interrupted backup)", host.lvremove, snap, vg)
+            plan.step(f"lvcreate -s -n {snap} {size_option} {origin}",
+                      host.lvcreate, snap, vg, snapshot=name, **snapshot_size)
+            try:
+                speed = f"-L {settings['speed']}k " if settings["speed"] else ""
+                sent = plan.step(
+                    f"pv {speed}/dev/{vg}/{snap} ({size} bytes) | {settings['compress']} | tee >(sha256) "
+                    f"| ssh -i {settings['key']} {dest['user']}@{dest['host']} > {dest['path']}.partial "
+                    f"(one connection, opened before the snapshot), both sha256 compared, "
+                    f"rename to {dest['path']} (+ .sha256)",
+                    transfer.Upload.send, upload, name, f"/dev/{vg}/{snap}", size,
+                    functools.partial(_snapshot_valid, host, f"{vg}/{snap}"), host.reporter)
+            finally:
+                plan.step(f"lvremove -f {vg}/{snap}", host.lvremove, snap, vg)
     result = plan.result(f"VM {name} backed up to {transfer.dest_text(dest)}")
     if sent:
         result.update(sent, destination=transfer.dest_text(dest))
@@ -210,17 +223,16 @@ def verify_backup(source, name=None):
     if name is not None:
         hostlib.check_name(name)
     host = _host()
-    settings = _settings(host)
-    src, stored, size = transfer.stored_backup(source, name, settings, check=False)
-    label = name or os.path.basename(src["path"])
-    actual, kind = transfer.receive("verify_backup", label, src, settings, size, subprocess.DEVNULL,
-                                    host.reporter)
+    src = bk.parse_destination(source, name)
     where = transfer.dest_text(src)
-    if actual != stored:
-        raise Failed(f"{where} is damaged: its sha256 is {actual}, {src['path']}.sha256 says {stored}")
+    with transfer.Fetch(src, _settings(host), check=False) as fetch:
+        label = name or os.path.basename(src["path"])
+        actual = fetch.receive("verify_backup", label, subprocess.DEVNULL, host.reporter)
+    if actual != fetch.stored:
+        raise Failed(f"{where} is damaged: its sha256 is {actual}, {src['path']}.sha256 says {fetch.stored}")
     return {"name": label, "source": where, "result": True, "sha256": actual,
-            "compressed_bytes": size, "compression": kind,
-            "comment": f"{where} is intact ({kind}, sha256 {actual})"}
+            "compressed_bytes": fetch.size, "compression": fetch.compression,
+            "comment": f"{where} is intact ({fetch.compression}, sha256 {actual})"}
 
 
 @boundary.execution
@@ -249,25 +261,25 @@ def restore(name, source, confirm=False, test=False):
     src = bk.parse_destination(source, name)
     if not confirm and not test:
         raise Failed(f"restore overwrites VM {name}'s whole disc on both hosts: pass confirm=True")
-    with host.lock(name), transfer.sigterm_interrupts():
+    where = transfer.dest_text(src)
+    with host.lock(name), transfer.sigterm_interrupts(), contextlib.ExitStack() as stack:
         _check_may_restore(host, record)
         plan = host.plan(name, test)
-        checked = plan.step(f"ssh {src['user']}@{src['host']}: sha256 of {src['path']} against its .sha256",
-                            transfer.stored_backup, source, name, settings, True)
-        stored, size = checked[1:] if checked else (None, 0)
+        fetch = plan.step(f"ssh {src['user']}@{src['host']}: sha256 of {src['path']} against its .sha256, "
+                          f"then the file", stack.enter_context, transfer.Fetch(src, settings, check=True))
         device = layout.drbd_device(record["drbd_minor"])
         plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
         try:
-            got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | decompress > {device}",
-                            _restore_stream, host, name, src, settings, size, device)
+            got = plan.step(f"ssh {src['user']}@{src['host']} cat {src['path']} | tee >(sha256) "
+                            f"| decompress > {device}", _restore_stream, host, name, fetch, device)
         finally:
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
-        if got != stored:
+        if fetch and got != fetch.stored:
             raise Failed(
-                f"the stream from {transfer.dest_text(src)} had sha256 {got}, not {stored}: VM {name}'s disc "
+                f"the stream from {where} had sha256 {got}, not {fetch.stored}: VM {name}'s disc "
                 f"holds damaged data now; restore again"
             )
-    return plan.result(f"VM {name}'s disc restored from {transfer.dest_text(src)} on both hosts")
+    return plan.result(f"VM {name}'s disc restored from {where} on both hosts")
 
 
 def _check_may_restore(host, record):
@@ -280,10 +292,10 @@ def _check_may_restore(host, record):
         raise Failed(f"VM {name}'s disc is Primary on {host.me} (is it running?): stop it first")
 
 
-def _restore_stream(host, name, src, settings, size, device):
+def _restore_stream(host, name, fetch, device):
     fd = os.open(device, os.O_WRONLY)
     try:
-        got, _kind = transfer.receive("restore", name, src, settings, size, fd, host.reporter)
+        got = fetch.receive("restore", name, fd, host.reporter)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -30,7 +30,7 @@ LIST_FIELDS = (
 )
 REQUIRED_TOOLS = (
     "qemu-system-x86_64", "qemu-img", "virsh", "drbdadm", "drbdsetup", "lvm",
-    "ip", "bridge", "socat", "pigz", "zstd", "pv", "ssh",
+    "ip", "bridge", "socat", "pigz", "zstd", "pv", "ssh", "openssl", "setpriv",
 )
 SYS_CLASS_NET = "/sys/class/net"
 IFF_UP = 0x1

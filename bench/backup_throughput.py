@@ -1,29 +1,30 @@
-"""Backup pipeline throughput: python -m bench.backup_throughput
+"""Backup, restore and verify throughput: python -m bench.backup_throughput [--quick]
 
-Runs the product's own transfer code (``send`` of pairvmlib.transfer: pv,
-pigz or zstd, the Python relay that hashes, ssh to the constant remote
-scripts, checksum and rename) against a real sshd on 127.0.0.1 (root's
-key in a temporary directory), on one data file that compresses about 3:1.
+Runs the product's own transfer code (``pairvmlib.transfer``: ``Upload``
+for a backup, ``Fetch`` for restore and verify_backup) against a real sshd
+on 127.0.0.1 (root's key in a temporary directory), on one data file that
+compresses about 3:1, and compares each with its REFERENCE: the same tools
+doing the same work, piped by the shell, with the same data and sshd (the
+only fair limit on one machine, where the backup host's sshd shares the
+CPUs). Reference and product take turns, ROUNDS times each; the best of
+each is compared (the machine may be shared).
 
-Prints, from one run on the same data:
+Prints, from one run:
 
-* uncapped, for gzip and zstd: the pipeline's throughput divided by the
-  throughput of its slowest stage measured alone (read = pv to /dev/null,
-  compressor = pigz/zstd from the page cache to /dev/null, ssh = the
-  compressed stream through ssh into a file there); target at least 0.8;
-* for reference, the same tools piped together by the shell without the
-  relay, checksum and rename, and pairvm's pipeline divided by that;
-* capped: achieved rate divided by the requested rate for three limits,
-  each run lasting at least 20 s; target 0.95 to 1.05.
-
-On a 2-CPU machine the backup host's sshd shares the CPUs with the
-compressor, and each backup opens two SSH connections (upload, then the
-rename), about 0.3 s each here: the uncapped ratios measure that too.
+* uncapped backup, gzip and zstd: pairvm / reference (target at least 0.95);
+* restore and verify_backup, gzip and zstd: pairvm / reference (at least 0.95);
+* capped backup (gzip): the achieved read rate / the requested rate for
+  three limits, each run lasting at least 20 s (target 0.95 to 1.05);
+* fail fast: how long a backup takes to refuse a closed port, a missing
+  key, a key the host refuses, an unknown host key and an unwritable
+  directory (target under 2 s each), before any snapshot would be taken;
+* last line: the ratios against the references.
 
 Throughputs are in bytes of the disc (uncompressed) per second.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,16 +33,29 @@ import time
 from pathlib import Path
 
 from pairvmlib import backup, host, transfer
+from pairvmlib.errors import Failed
 
 PORT = 2299
 # full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
-DATA_MIB, QUICK_DATA_MIB = 1024, 48
+DATA_MIB, QUICK_DATA_MIB = 1024, 128
+ROUNDS, QUICK_ROUNDS = 5, 2
 LIMITS_KIB = (1024, 8192, 32768)
 CAPPED_SECONDS, QUICK_CAPPED_SECONDS = 23, 3
 
+# The references, defined once: what the bench runs (bash) and prints.
+TOOLS = {"gzip": {"compress": "pigz", "decompress": "pigz -dc"},
+         "zstd": {"compress": "zstd -T0 -3", "decompress": "zstd -dc"}}
+REFERENCE = {
+    "backup": "pv -q {disc} | {compress} | tee >(openssl dgst -sha256 >{local}) "
+              "| {ssh} 'tee {file} | openssl dgst -sha256'",
+    "restore": "{ssh} 'openssl dgst -sha256 {file} >&2 && cat {file}' "
+               "| tee >(openssl dgst -sha256 >{local}) | {decompress} >{disc}.restored",
+    "verify": "{ssh} 'cat {file}' | tee >(openssl dgst -sha256 >{local}) | {decompress} >/dev/null",
+}
+
 
 def make_data(path, mib):
-    """Half random, half repeated text: about 3:1 with gzip, like a used disc."""
+    """One third random, the rest repeated text: about 3:1 with gzip, like a used disc."""
     text = b"".join(b"%08d pairvm backup benchmark line of a log file or a config\n" % i
                     for i in range(16384))[: 2**20]
     with open(path, "wb") as fh:
@@ -59,7 +73,7 @@ def cycle(data, part, size):
 
 
 def start_sshd(tmp):
-    for key in ("client", "hostkey"):
+    for key in ("client", "hostkey", "stranger"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
     (tmp / "authorized_keys").write_text((tmp / "client.pub").read_text())
     (tmp / "known_hosts").write_text(f"[127.0.0.1]:{PORT} {(tmp / 'hostkey.pub').read_text()}")
@@ -71,76 +85,148 @@ def start_sshd(tmp):
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp / "sshd_config")],
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
-    while subprocess.run(["sh", "-c", f"ss -ltn | grep -q '127.0.0.1:{PORT} '"], check=False).returncode:
+    while subprocess.run(["ss", "-Hltn", f"sport = {PORT}"], capture_output=True, text=True,
+                         check=False).stdout.strip() == "":
         if time.monotonic() > deadline or sshd.poll() is not None:
             raise SystemExit("bench: sshd did not start")
         time.sleep(0.1)
     return sshd
 
 
-class Product:
-    """The product's backup transfer (pairvmlib.transfer) on a host whose progress events are
-    kept in ``events`` as (time, bytes)."""
+class Bench:
+    """The product's transfers on a host whose progress events are kept in ``events``
+    as (time, bytes), and the shell references, on one data file and one sshd."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, data):
+        self.tmp, self.data, self.size = tmp, data, data.stat().st_size
         self.events = []
         salt = {"event.send": lambda tag, data: self.events.append((time.monotonic(), data["bytes"]))}
         self.host = host.Host(salt, {}, {}, {"id": "bench"})
-        self.settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT}
+        self.settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT,
+                         "speed": 0, "compress": "gzip"}
 
+    def dest(self, name):
+        return {"user": "root", "host": "127.0.0.1", "path": str(self.tmp / name)}
 
-def timed(argv, **kwargs):
-    start = time.monotonic()
-    subprocess.run(argv, check=True, **kwargs)
-    return time.monotonic() - start
+    def reference(self, operation, compress, name):
+        """Disc bytes/s of the shell reference of ``operation`` (bash)."""
+        ssh = backup.ssh_argv(self.dest(name), self.settings, "abort")[:-1]
+        command = REFERENCE[operation].format(
+            disc=self.data, file=self.tmp / name, local=self.tmp / "reference.sha256",
+            ssh=shlex.join(ssh), **TOOLS[compress])
+        start = time.monotonic()
+        subprocess.run(["bash", "-c", command], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return self.size / (time.monotonic() - start)
 
+    def backup(self, compress, name, speed=0, data=None):
+        """Disc bytes/s of one whole backup (connect, check, stream, both sha256, rename)."""
+        data = data or self.data
+        size = data.stat().st_size
+        start = time.monotonic()
+        with transfer.Upload(self.dest(name), dict(self.settings, speed=speed, compress=compress)) as upload:
+            upload.send("bench", str(data), size, lambda: None, self.host.reporter)
+        return size / (time.monotonic() - start)
 
-def send(product, data, dest, speed, compress):
-    """Disc bytes per second of one whole backup (connect, stream, checksum, rename)."""
-    size = data.stat().st_size
-    target = {"user": "root", "host": "127.0.0.1", "path": str(dest)}
-    start = time.monotonic()
-    transfer.send("bench", str(data), size, target, dict(product.settings, speed=speed, compress=compress),
-                  lambda: None, product.host.reporter)
-    return size / (time.monotonic() - start)
+    def fetch(self, operation, name):
+        """Disc bytes/s of restore (into a file) or verify_backup of the backup ``name``."""
+        check = operation == "restore"
+        start = time.monotonic()
+        with transfer.Fetch(self.dest(name), self.settings, check=check) as fetch:
+            if check:
+                with open(f"{self.data}.restored", "wb") as sink:
+                    got = fetch.receive(operation, "bench", sink.fileno(), self.host.reporter)
+            else:
+                got = fetch.receive(operation, "bench", subprocess.DEVNULL, self.host.reporter)
+        if got != fetch.stored:
+            raise SystemExit(f"bench: {operation} of {name}: sha256 {got}, stored {fetch.stored}")
+        return self.size / (time.monotonic() - start)
 
-
-def stages_alone(settings, data, out, compress):
-    """Throughput (disc bytes/s) of each stage on its own."""
-    size = data.stat().st_size
-    tool = backup.compressor(compress)["compress"]
-    packed = out / f"alone.{compress}"
-    subprocess.run(["cat", str(data)], stdout=subprocess.DEVNULL, check=True)  # page cache, as the pipeline
-    read = size / timed(["pv", "-q", "-s", str(size), str(data)], stdout=subprocess.DEVNULL)
-    with open(data, "rb") as src, open(packed, "wb") as dst:
-        pack = size / timed(tool, stdin=src, stdout=dst)
-    ssh = backup.ssh_argv({"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [
-        f"cat > {out}/alone.remote"]
-    with open(packed, "rb") as src:
-        carry = size / timed(ssh, stdin=src)
-    return {"read": read, compress: pack, "ssh": carry}
-
-
-def shell_pipeline(settings, data, out, compress):
-    """The same tools piped together with no relay, checksum or rename (a reference)."""
-    size = data.stat().st_size
-    tool = backup.compressor(compress)["compress"]
-    ssh = backup.ssh_argv({"user": "root", "host": "127.0.0.1"}, settings, "read")[:-1] + [
-        f"cat > {out}/shell.remote"]
-    start = time.monotonic()
-    with subprocess.Popen(["pv", "-q", str(data)], stdout=subprocess.PIPE) as reader, \
-            subprocess.Popen(tool, stdin=reader.stdout, stdout=subprocess.PIPE) as packer:
-        reader.stdout.close()
-        subprocess.run(ssh, stdin=packer.stdout, check=True)
-    return size / (time.monotonic() - start)
+    def refusal(self, dest, **settings):
+        """Seconds until a backup to ``dest`` is refused, and why."""
+        start = time.monotonic()
+        try:
+            with transfer.Upload(dest, dict(self.settings, **settings)):
+                pass
+        except Failed as exc:
+            return time.monotonic() - start, str(exc)
+        raise SystemExit(f"bench: a backup to {dest} was not refused")
 
 
 def mib(rate):
-    return f"{rate / 2**20:8.1f} MiB/s"
+    return f"{rate / 2**20:6.1f} MiB/s"
+
+
+def compare(label, rounds, reference, product):
+    """Reference and product in turns; prints both and returns product / reference (the best of each)."""
+    ref, ours = [], []
+    for _ in range(rounds):
+        ref.append(reference())
+        ours.append(product())
+    ratio = max(ours) / max(ref)
+    print(f"  {label:16} pairvm {mib(max(ours))}, reference {mib(max(ref))}: ratio {ratio:.3f}  "
+          f"(pairvm {', '.join(f'{r / 2**20:.0f}' for r in ours)}; "
+          f"reference {', '.join(f'{r / 2**20:.0f}' for r in ref)} MiB/s)")
+    return ratio
+
+
+def uncapped(bench, rounds):
+    """Backup, restore and verify_backup against their references; {label: ratio}."""
+    ratios = {}
+    print(f"uncapped: pairvm / reference, best of {rounds} each (target >= 0.95); the references (bash):")
+    for operation, command in REFERENCE.items():
+        print(f"  {operation:8} {command}")
+    print("  with " + "; ".join(f"{c}: {t['compress']}, {t['decompress']}" for c, t in TOOLS.items())
+          + "; {ssh}: the product's ssh argv")
+    for compress in ("gzip", "zstd"):
+        ratios[f"backup {compress}"] = compare(
+            f"backup {compress}", rounds, lambda c=compress: bench.reference("backup", c, "reference.out"),
+            lambda c=compress: bench.backup(c, f"pairvm.{c}"))
+    for compress in ("gzip", "zstd"):
+        for operation in ("restore", "verify"):
+            ratios[f"{operation} {compress}"] = compare(
+                f"{operation} {compress}", rounds,
+                lambda o=operation, c=compress: bench.reference(o, c, f"pairvm.{c}"),
+                lambda o=operation, c=compress: bench.fetch(o, f"pairvm.{c}"))
+    return ratios
+
+
+def capped(bench, seconds):
+    print(f"capped (gzip): achieved / requested, {seconds} s each (target 0.95 to 1.05)")
+    for limit in LIMITS_KIB:
+        part = bench.tmp / f"capped-{limit}.img"
+        cycle(bench.data, part, limit * 1024 * seconds)
+        bench.events.clear()
+        whole = bench.backup("gzip", f"capped-{limit}.gz", speed=limit, data=part)
+        # pv's counts once a second (the last event is the final one after the rename)
+        (t0, b0), (t1, b1) = bench.events[0], bench.events[-2]
+        reading = (b1 - b0) / (t1 - t0)
+        print(f"  {limit:6} KiB/s: read at {reading / 1024:9.1f} KiB/s over {t1 - t0:5.1f} s, "
+              f"ratio {reading / (limit * 1024):.3f}; whole backup incl. connect and rename "
+              f"{whole / 1024:9.1f} KiB/s, ratio {whole / (limit * 1024):.3f}")
+        part.unlink()
+
+
+def fail_fast(bench):
+    print("fail fast: a backup refused before its snapshot (target < 2 s each)")
+    cases = {
+        "closed port": (bench.dest("x.gz"), {"port": PORT - 1}),
+        "missing key": (bench.dest("x.gz"), {"key": str(bench.tmp / "no-such-key")}),
+        "key refused": (bench.dest("x.gz"), {"key": str(bench.tmp / "stranger")}),
+        "unknown host key": (bench.dest("x.gz"), {"known_hosts": os.devnull}),
+        "unwritable dir": (dict(bench.dest("x.gz"), path="/sys/pairvm-bench/x.gz"), {}),
+    }
+    slowest = 0
+    for label, (dest, settings) in cases.items():
+        seconds, why = bench.refusal(dest, **settings)
+        slowest = max(slowest, seconds)
+        print(f"  {label:16} {seconds:5.2f} s: {why[:150]}")
+    return slowest
 
 
 def main(quick=False):
-    data_mib, capped_seconds = (QUICK_DATA_MIB, QUICK_CAPPED_SECONDS) if quick else (DATA_MIB, CAPPED_SECONDS)
+    data_mib, rounds, capped_seconds = ((QUICK_DATA_MIB, QUICK_ROUNDS, QUICK_CAPPED_SECONDS) if quick
+                                        else (DATA_MIB, ROUNDS, CAPPED_SECONDS))
     tmp = Path(tempfile.mkdtemp(prefix="pvbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o755)
     sshd = None
@@ -148,35 +234,14 @@ def main(quick=False):
         data = tmp / "disc.img"
         make_data(data, data_mib)
         sshd = start_sshd(tmp)
-        product = Product(tmp)
-        settings = product.settings
+        bench = Bench(tmp, data)
         print(f"backup throughput{' (quick: too short for its targets)' if quick else ''}: {data_mib} MiB "
               f"of data (1/3 random), sshd on 127.0.0.1:{PORT}, {os.cpu_count()} CPUs")
-        print("uncapped: pipeline / slowest stage alone (target >= 0.80)")
-        for compress in ("gzip", "zstd"):
-            alone = stages_alone(settings, data, tmp, compress)
-            pipeline = send(product, data, tmp / f"uncapped.{compress}", 0, compress)
-            plain = shell_pipeline(settings, data, tmp, compress)
-            slowest = min(alone, key=alone.get)
-            stages = ", ".join(f"{k} {mib(v).strip()}" for k, v in alone.items())
-            print(f"  {compress:5} pipeline {mib(pipeline)}; alone: {stages}; "
-                  f"ratio {pipeline / alone[slowest]:.2f} (slowest: {slowest})")
-            print(f"        reference: the same tools piped by the shell (no relay, checksum or rename) "
-                  f"{mib(plain).strip()}, ratio {plain / alone[slowest]:.2f}; pairvm / shell "
-                  f"{pipeline / plain:.2f}")
-        print(f"capped (gzip): achieved / requested, {capped_seconds} s each (target 0.95 to 1.05)")
-        for limit in LIMITS_KIB:
-            part = tmp / f"capped-{limit}.img"
-            cycle(data, part, limit * 1024 * capped_seconds)
-            product.events.clear()
-            whole = send(product, part, tmp / f"capped-{limit}.gz", limit, "gzip")
-            # pv's counts once a second (the last event is the final one after the rename)
-            (t0, b0), (t1, b1) = product.events[0], product.events[-2]
-            reading = (b1 - b0) / (t1 - t0)
-            print(f"  {limit:6} KiB/s: read at {reading / 1024:9.1f} KiB/s over {t1 - t0:5.1f} s, "
-                  f"ratio {reading / (limit * 1024):.3f}; whole backup incl. connect and rename "
-                  f"{whole / 1024:9.1f} KiB/s, ratio {whole / (limit * 1024):.3f}")
-            part.unlink()
+        ratios = uncapped(bench, rounds)
+        capped(bench, capped_seconds)
+        slowest = fail_fast(bench)
+        print("pairvm / reference: " + ", ".join(f"{label} {ratio:.2f}" for label, ratio in ratios.items())
+              + f"; slowest refusal {slowest:.2f} s")
     finally:
         if sshd:
             sshd.terminate()

@@ -1,12 +1,17 @@
 """Backups: the pure pieces (no I/O): which host backs a VM up, the argv of
 each pipeline stage, the fixed scripts run on the backup host, DRBD sizes.
 
-The backup host only needs a POSIX shell, cat, tee, mv, rm, mkdir, wc and
-sha256sum (or openssl).
+The backup host only needs a POSIX shell, cat, tee, mv, rm, mkdir, wc, od
+and sha256sum (or openssl).
 Each remote script is a constant: the path it works on arrives as the first
 line of its standard input and is only ever used as a quoted variable, so
 the remote shell never interprets it, and nothing the operator typed is
 put into a command line there.
+
+A backup uses ONE ssh connection: its own session (the control master) runs
+UPLOAD, and COMMIT runs beside it (``ssh_argv(..., control=...)``). UPLOAD
+says ``ready`` once PATH.partial exists, before the snapshot is taken, so an
+unreachable host, a refused key or an unwritable directory fail at once.
 """
 
 import re
@@ -20,36 +25,49 @@ from pairvmlib.errors import Invalid
 # both print the digest first.
 _SHA256 = 'sha() { if command -v openssl >/dev/null; then openssl dgst -sha256 -r; else sha256sum; fi; }; '
 
-# UPLOAD: the rest of stdin goes to PATH.partial, hashed as it arrives (tee);
-# prints its sha256 and size. A file that cannot be created fails at once.
+# UPLOAD: makes PATH.partial (refusing a PATH that is a directory) and says
+# "ready"; then the rest of stdin goes to PATH.partial, hashed as it arrives
+# (tee; when tee cannot write the file, the hash is spoilt on purpose, so
+# that it cannot match); prints its sha256 and size.
 UPLOAD = (
     'set -eu; ' + _SHA256 + 'IFS= read -r dest; part="$dest.partial"; dir=${dest%/*}; '
-    '[ -z "$dir" ] || mkdir -p -- "$dir"; : > "$part"; sum=$(tee -- "$part" | sha); [ -f "$part" ]; '
+    'if [ -d "$dest" ]; then printf "%s: Is a directory\\n" "$dest" >&2; exit 1; fi; '
+    '[ -z "$dir" ] || mkdir -p -- "$dir"; : > "$part"; echo ready; '
+    'sum=$({ tee -- "$part" || echo "tee failed"; } | sha); [ -f "$part" ]; '
     'echo "${sum%% *} $(wc -c < "$part")"'
 )
-# COMMIT: second line = the checksum both sides agreed on: PATH.sha256 is
-# written, then PATH.partial becomes PATH.
+# COMMIT: runs from the start of the backup and waits for its second line:
+# the checksum both sides agreed on (then PATH.sha256 is written and
+# PATH.partial becomes PATH), or anything else, or the end of its input
+# (the backup failed, or pairvm was killed): PATH.partial is removed.
 COMMIT = (
-    'set -eu; IFS= read -r dest; IFS= read -r sum; part="$dest.partial"; [ -f "$part" ]; '
+    'set -eu; IFS= read -r dest; part="$dest.partial"; '
+    'if IFS= read -r sum && [ "${#sum}" -eq 64 ]; then [ -f "$part" ]; '
     'printf "%s  %s\\n" "$sum" "${dest##*/}" > "$dest.sha256.partial"; '
-    'mv -f -- "$dest.sha256.partial" "$dest.sha256"; mv -f -- "$part" "$dest"'
+    'mv -f -- "$dest.sha256.partial" "$dest.sha256"; mv -f -- "$part" "$dest"; echo committed; '
+    'else rm -f -- "$part"; echo aborted; fi'
 )
+# ABORT: removes PATH.partial, through a new connection when the backup's was lost.
 ABORT = 'IFS= read -r dest; rm -f -- "$dest.partial"'
-# STAT: the stored checksum (first word of PATH.sha256), the file's size.
-STAT = (
-    'set -eu; IFS= read -r src; read -r want rest < "$src.sha256"; '
-    'echo "$want $(wc -c < "$src")"'
+# FETCH: the second stdin line is "check" (hash the file there first) or
+# "stat". Prints one line: the stored checksum (first word of PATH.sha256),
+# the size, the file's actual sha256 ("-" unless checked) and its first 4
+# bytes in hex; then, unless the check failed, the file itself.
+FETCH = (
+    'set -eu; ' + _SHA256 + 'IFS= read -r src; IFS= read -r mode; read -r want rest < "$src.sha256"; '
+    'actual=-; if [ "$mode" = check ]; then actual=$(sha < "$src"); actual=${actual%% *}; fi; '
+    'echo "$want $(wc -c < "$src") $actual" $(od -A n -t x1 -N 4 < "$src"); '
+    '[ "$actual" = - ] || [ "$actual" = "$want" ] || exit 0; exec cat -- "$src"'
 )
-# CHECK: STAT plus the file's actual sha256 (reads the whole file there).
-CHECK = (
-    'set -eu; ' + _SHA256 + 'IFS= read -r src; read -r want rest < "$src.sha256"; '
-    'sum=$(sha < "$src"); echo "$want $(wc -c < "$src") ${sum%% *}"'
-)
-READ = 'set -eu; IFS= read -r src; exec cat -- "$src"'
+# The local side's sha256 of a stream (the digest first).
+HASH = ["openssl", "dgst", "-sha256", "-r"]
+# Every process of a transfer dies with pairvm (a SIGKILLed salt-call too), so
+# a killed backup leaves no process reading the snapshot.
+WITH_PAIRVM = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 COMPRESSORS = {
     "gzip": {"compress": ["pigz", "-c"], "decompress": ["pigz", "-dc"], "magic": b"\x1f\x8b"},
-    "zstd": {"compress": ["zstd", "-c", "-q", "-T0"], "decompress": ["zstd", "-dc", "-q"],
+    "zstd": {"compress": ["zstd", "-c", "-q", "-T0", "-3"], "decompress": ["zstd", "-dc", "-q"],
              "magic": b"\x28\xb5\x2f\xfd"},
 }
 SNAPSHOT_SUFFIX = "-backup"
@@ -63,7 +81,7 @@ _CRON_FIELD_RE = re.compile(r"[0-9*/,-]+")
 _SUM_RE = re.compile(r"[0-9a-f]{64}")
 
 
-SCRIPTS = {"upload": UPLOAD, "commit": COMMIT, "abort": ABORT, "stat": STAT, "check": CHECK, "read": READ}
+SCRIPTS = {"upload": UPLOAD, "commit": COMMIT, "abort": ABORT, "fetch": FETCH}
 
 
 def snapshot_name(name):
@@ -71,11 +89,12 @@ def snapshot_name(name):
     return f"{name}{SNAPSHOT_SUFFIX}"
 
 
-def ssh_argv(dest, settings, script):
+def ssh_argv(dest, settings, script, control=None, master=False):
     """
     The ssh argv that runs the constant script ``script`` (a key of SCRIPTS) as ``dest["user"]`` on
     ``dest["host"]``: batch mode (never a prompt), the configured key only,
-    known host keys only.
+    known host keys only. With ``control`` (a socket path) it is the
+    connection's control ``master``, or a session through that master.
 
     Example:
 
@@ -84,8 +103,12 @@ def ssh_argv(dest, settings, script):
         backup.ssh_argv(dest, settings["backup"], "upload")
     """
     host = dest["host"].strip("[]")
+    shared = []
+    if control:
+        shared = ["-o", f"ControlPath={control}", "-o", f"ControlMaster={'yes' if master else 'no'}",
+                  "-o", "ControlPersist=no"]
     return [
-        "ssh", "-T", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", settings["key"],
+        "ssh", "-T", *shared, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", settings["key"],
         "-o", f"UserKnownHostsFile={settings['known_hosts']}", "-o", "StrictHostKeyChecking=yes",
         "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
         "-p", str(settings["port"]), "-l", dest["user"], "--", host, SCRIPTS[script],
@@ -157,12 +180,69 @@ def eligible(record, me, running_here, drbd, on_running_host=False):
     return None
 
 
+def shares(pair, views, names=None):
+    """
+    Which host of ``pair`` backs each VM up, from both hosts' ``pairvm.list``
+    rows (``views``: ``{host: {"vms": [{"name", "running", "location"}]}}``):
+    the host NOT running it; a VM running nowhere, its home host. Returns
+    ``({host: [vm, ...]}, {vm: why no host can})``; ``names`` None: every
+    VM of the pair.
+
+    Example:
+
+    .. code-block:: python
+
+        backup.shares(["hostA", "hostB"], {h: salt[h]["pairvm.list"]() for h in pair}, ["vm1"])
+    """
+    rows = {host: {row["name"]: row for row in views[host]["vms"]} for host in pair}
+    names = sorted(set().union(*rows.values())) if names is None else names
+    plan, problems = {host: [] for host in pair}, {}
+    for name in names:
+        known = {host: rows[host][name] for host in pair if name in rows[host]}
+        running = [host for host, row in known.items() if row["running"]]
+        home = [host for host, row in known.items() if row["location"] == "home"]
+        if not known:
+            problems[name] = "no host of the pair knows it"
+        elif len(known) < len(pair):
+            problems[name] = f"only {', '.join(known)} knows it (is the pair in sync? salt-run pairvm.verify)"
+        elif len(running) > 1:
+            problems[name] = f"it runs on {' and '.join(running)} (salt-run pairvm.verify)"
+        elif running:
+            plan[next(host for host in pair if host != running[0])].append(name)
+        elif len(home) == 1:
+            plan[home[0]].append(name)
+        else:
+            problems[name] = "the hosts disagree on its home host (salt-run pairvm.verify)"
+    return plan, problems
+
+
+def check_one_each(destination, names):
+    """Several VMs (``names``, or ``all``) to one ``destination``: it must hold ``_NAME``,
+    or each backup would replace the one before."""
+    if (names == "all" or len(names) > 1) and "_NAME" not in str(destination):
+        what = "all" if names == "all" else ", ".join(names)
+        raise Invalid(f"destination: {destination!r} must contain _NAME (the VM's name) when several VMs "
+                      f"are backed up ({what}): each would replace the one before")
+
+
 def parse_remote_sum(text):
-    """The 'SUM SIZE [SUM]' line a remote script printed -> (sum, size, [actual sum])."""
+    """The 'SUM SIZE' line UPLOAD printed -> (sum, size)."""
     words = text.split()
-    if len(words) < 2 or not _SUM_RE.fullmatch(words[0]) or not words[1].isdigit():
+    if len(words) != 2 or not _SUM_RE.fullmatch(words[0]) or not words[1].isdigit():
         raise ValueError(f"unexpected answer from the backup host: {text.strip()!r}")
-    return words[0], int(words[1]), *(words[2:3])
+    return words[0], int(words[1])
+
+
+def parse_fetched(text):
+    """FETCH's first line -> {"stored": sha256 of PATH.sha256, "size", "actual": sha256
+    or None, "compression": 'gzip', 'zstd' or None}."""
+    words = text.split()
+    if (len(words) < 3 or not _SUM_RE.fullmatch(words[0]) or not words[1].isdigit()
+            or not (words[2] == "-" or _SUM_RE.fullmatch(words[2]))
+            or not all(re.fullmatch(r"[0-9a-f]{2}", w) for w in words[3:7])):
+        raise ValueError(f"unexpected answer from the backup host: {text.strip()!r}")
+    return {"stored": words[0], "size": int(words[1]), "actual": None if words[2] == "-" else words[2],
+            "compression": detect_compression(bytes.fromhex("".join(words[3:7])))}
 
 
 # --- destinations and settings -------------------------------------------------------------
@@ -289,11 +369,13 @@ def _job(job, raw, fallback, errors):
             if isinstance(vms, list) else None
         if not vms:
             errors.append(f"{prefix}vms: must be 'all' or a list of VM names, got {raw.get('vms')!r}")
+    destination = checks.gather(errors, f"{prefix}destination: ",
+                                lambda v: checks.required(v, _destination) and v, raw.get("destination"))
+    if destination and vms:
+        checks.gather(errors, prefix, check_one_each, destination, vms)
     return {
         "vms": vms,
-        "destination": checks.gather(errors, f"{prefix}destination: ",
-                                     lambda v: checks.required(v, _destination) and v,
-                                     raw.get("destination")),
+        "destination": destination,
         "cron": checks.gather(errors, f"{prefix}cron: ", lambda v: checks.required(v, _cron),
                               raw.get("cron")),
         "speed": checks.gather(errors, f"{prefix}speed: ", _speed,

@@ -40,7 +40,7 @@ HOST = {
     "packages": [
         "qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "python3-libvirt",
         "drbd-utils", "kmod", "lvm2", "bridge-utils", "iproute2", "ifupdown", "vlan", "socat", "pigz",
-        "zstd", "pv", "iputils-arping", "openssh-server", "openssh-client", "genisoimage",
+        "zstd", "pv", "openssl", "iputils-arping", "openssh-server", "openssh-client", "genisoimage",
         "bash-completion",
     ],
     # The libvirt binding in Salt's own Python, when that is not Debian's (onedir

@@ -152,6 +152,22 @@ class Master:
                                 kwarg=kwargs, full_return=True) if hosts else {}
         return {host: (ret or {}).get(host) for host in hosts}
 
+    def call_each(self, calls, timeout=300):
+        """Run execution functions on several minions at once, each with its own
+        arguments: ``calls`` is ``{minion: (function, args, kwargs)}``. Returns
+        ``{minion: {"ret", "retcode"}}``, None for a minion that did not answer."""
+        client = self.client()
+        jobs = {minion: client.run_job([minion], function, list(args), tgt_type="list", kwarg=kwargs,
+                                       timeout=timeout, listen=True)
+                for minion, (function, args, kwargs) in calls.items()}
+        answers = dict.fromkeys(calls)
+        for minion, job in jobs.items():  # all are running: gather them in turn
+            for ret in client.get_cli_event_returns(job["jid"], job["minions"], timeout, [minion], "list") \
+                    if job else ():
+                if ret.get(minion, {}).get("out") != "no_return" and "ret" in ret.get(minion, {}):
+                    answers[minion] = ret[minion]
+        return answers
+
 
 def pair_hosts(settings):
     """The two hosts of a pair's (validated) settings, sorted."""

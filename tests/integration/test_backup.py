@@ -319,3 +319,110 @@ def test_test_mode_lists_the_commands_and_changes_nothing(running_on_a, lab, sal
     assert "/var/tmp/pvbackup/t/bvm1.gz" in steps[1]
     assert steps[2] == "lvremove -f there/bvm1-backup"
     assert files() == before and snapshots(lab) == []
+
+
+# --- salt-run pairvm.backup, and refusing an unusable backup host before any snapshot ------------
+
+
+def seqnos(lab):
+    """LVM's metadata sequence number of each VG on each host: every lvcreate/lvremove bumps it."""
+    found = {}
+    for h in HOSTS:
+        for line in lab.hosts[h].run(["vgs", "--noheadings", "-o", "vg_name,vg_seqno"]).stdout.splitlines():
+            vg, seqno = line.split()
+            found[f"{h}:{vg}"] = int(seqno)
+    return found
+
+
+def ensure_running(salt_cli, lab, name, host):
+    rows = salt_cli.run("pairvm.list", minion_tgt=host).data["vms"]
+    if not next(r for r in rows if r["name"] == name)["running"]:
+        start_and_wait(salt_cli, lab.hosts[host], name)
+
+
+def test_the_runner_backs_each_vm_up_on_the_host_not_running_it(
+        bvm1, lab, salt_cli, salt_run_cli, salt_master, event_listener):
+    """bvm1 runs on hostA, bvm4 on hostB: hostB backs bvm1 up, hostA bvm4, at the same time."""
+    ensure_running(salt_cli, lab, "bvm1", "hostA")
+    create(salt_run_cli, salt_cli, "bvm4", "hostB")
+    try:
+        start_and_wait(salt_cli, lab.hosts["hostB"], "bvm4")
+        before, started = seqnos(lab), time.time()
+        ret = salt_run_cli.run("pairvm.backup", "bvm1,bvm4", dest("runner/_NAME.gz"), "16384")
+        assert ret.returncode == 0, ret
+        assert ret.data["hosts"] == {"hostA": ["bvm4"], "hostB": ["bvm1"]}, ret.data
+        assert {vm: (r["host"], r["result"]) for vm, r in ret.data["vms"].items()} == {
+            "bvm1": ("hostB", True), "bvm4": ("hostA", True)}
+        # Each snapshot was taken where that VM's disc is the replica (VG there), by that host
+        # alone: one lvcreate and one lvremove each; the positive control of the refusals below.
+        after = seqnos(lab)
+        assert {vg: after[vg] - before[vg] for vg in after} == {
+            "hostA:here": 0, "hostA:there": 2, "hostB:here": 0, "hostB:there": 2}
+        assert [f for f in files() if f.startswith("runner/")] == [
+            "runner/bvm1.gz", "runner/bvm1.gz.sha256", "runner/bvm4.gz", "runner/bvm4.gz.sha256"]
+        check = subprocess.run(["sha256sum", "-c", "bvm1.gz.sha256", "bvm4.gz.sha256"],
+                               cwd=BACKUP_DIR / "runner", capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check
+        size = PATTERN.stat().st_size
+        head = subprocess.run(["sh", "-c", f"pigz -dc {BACKUP_DIR}/runner/bvm1.gz | head -c {size}"],
+                              capture_output=True, check=True).stdout
+        assert hashlib.sha256(head).hexdigest() == pattern_sha()
+        assert snapshots(lab) == []
+
+        def stamps(vm):
+            """When the master saw each progress event of ``vm``'s backup (after its last one came)."""
+            def events():
+                return event_listener.get_events([(salt_master.id, f"pairvm/backup/{vm}/progress")],
+                                                 after_time=started)
+            wait_for(lambda: any(e.data["data"]["bytes"] == e.data["data"]["total"] for e in events()),
+                     f"{vm}'s last progress event", timeout=30)
+            return sorted(e.stamp for e in events())
+
+        one, four = stamps("bvm1"), stamps("bvm4")
+        assert one[0] < four[-1] and four[0] < one[-1], (one, four)  # the two backups overlapped
+
+        (BACKUP_DIR / "runner/bvm4.gz.partial").mkdir()  # hostA's share cannot write: only bvm4 fails
+        failed = salt_run_cli.run("pairvm.backup", "bvm1,bvm4", dest("runner/_NAME.gz"), "speed=0")
+        assert failed.returncode == 1, failed
+        assert failed.data["vms"]["bvm1"]["result"] is True and failed.data["vms"]["bvm4"]["result"] is False
+        assert "FAILED: bvm4 (hostA)" in failed.data["comment"] and "Is a directory" in failed.data["comment"]
+        assert snapshots(lab) == []
+    finally:
+        salt_run_cli.run("pairvm.destroy", "bvm4", "confirm=True", "force=True")
+
+
+@pytest.fixture
+def swapped_key(lab):
+    """Put ``kind`` (missing, or a key the backup host does not know) in place of hostB's backup key."""
+    host = lab.hosts["hostB"]
+    host.run(["mv", KEY, f"{KEY}.kept"])
+
+    def swap(kind):
+        if kind == "stranger":
+            host.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", KEY])
+    try:
+        yield swap
+    finally:
+        host.run(["rm", "-f", KEY, f"{KEY}.pub"])
+        host.run(["mv", f"{KEY}.kept", KEY])
+
+
+@pytest.mark.parametrize("case, why", [
+    ("closed port", "Connection refused"),
+    ("missing key", f"the backup SSH key {KEY} (pairvm:backup:key) is missing or unreadable"),
+    ("key refused", "Permission denied (publickey"),
+    ("unwritable directory", "locked/bvm1.gz.partial: Permission denied"),
+])
+def test_an_unusable_backup_host_is_refused_before_any_snapshot(bvm1, lab, salt_cli, request, case, why):
+    ensure_running(salt_cli, lab, "bvm1", "hostA")
+    target = dest("locked/bvm1.gz")
+    if case == "closed port":  # nothing listens on 127.0.0.2:2222 in the host
+        target = f"{USER}@127.0.0.2:{BACKUP_DIR}/x/bvm1.gz"
+    elif case in ("missing key", "key refused"):
+        request.getfixturevalue("swapped_key")("stranger" if case == "key refused" else None)
+    (BACKUP_DIR / "locked").mkdir(exist_ok=True)  # root's, 0755: the backup user cannot write there
+    before, listed = seqnos(lab), files()
+    ret = salt_cli.run("pairvm.backup", "bvm1", target, minion_tgt="hostB")
+    assert ret.returncode != 0 and why in str(ret.data), ret
+    assert "nothing was changed" in str(ret.data)
+    assert seqnos(lab) == before and files() == listed and snapshots(lab) == []

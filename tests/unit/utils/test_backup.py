@@ -125,27 +125,67 @@ def test_remote_scripts_take_the_path_from_stdin_and_never_interpret_it(tmp_path
     data = b"\x1f\x8b compressed bytes \n with newlines \n" * 100
     up = sh(backup.UPLOAD, dest.encode() + b"\n" + data, tmp_path)
     assert up.returncode == 0, up.stderr
+    ready, answer = up.stdout.decode().splitlines()
     digest = hashlib.sha256(data).hexdigest()
-    assert backup.parse_remote_sum(up.stdout.decode()) == (digest, len(data))
+    assert ready == "ready" and backup.parse_remote_sum(answer) == (digest, len(data))
     assert not list(tmp_path.rglob("pwned*"))
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [f"{HOSTILE.split('/')[-1]}.partial"]
 
-    assert sh(backup.COMMIT, f"{dest}\n{digest}\n".encode(), tmp_path).returncode == 0
+    commit = sh(backup.COMMIT, f"{dest}\n{digest}\n".encode(), tmp_path)
+    assert commit.returncode == 0 and commit.stdout == b"committed\n", commit
     final = tmp_path / f"sub{HOSTILE}"
     assert final.read_bytes() == data
     assert (final.parent / (final.name + ".sha256")).read_text() == f"{digest}  {final.name}\n"
-    stat = sh(backup.STAT, f"{dest}\n".encode(), tmp_path).stdout.decode()
-    check = sh(backup.CHECK, f"{dest}\n".encode(), tmp_path).stdout.decode()
-    assert backup.parse_remote_sum(stat) == (digest, len(data))
-    assert backup.parse_remote_sum(check) == (digest, len(data), digest)
-    assert sh(backup.READ, f"{dest}\n".encode(), tmp_path).stdout == data
+    for mode, actual in (("stat", "-"), ("check", digest)):
+        fetched = sh(backup.FETCH, f"{dest}\n{mode}\n".encode(), tmp_path).stdout
+        head, rest = fetched.split(b"\n", 1)
+        assert head.decode() == f"{digest} {len(data)} {actual} 1f 8b 20 63" and rest == data
+        assert backup.parse_fetched(head.decode()) == {
+            "stored": digest, "size": len(data), "actual": None if actual == "-" else digest,
+            "compression": "gzip"}
     assert not list(tmp_path.rglob("pwned*"))
 
 
-def test_upload_fails_when_the_file_cannot_be_made_and_commit_without_upload_fails(tmp_path):
+def test_fetch_with_check_sends_nothing_of_a_damaged_file(tmp_path):
+    (tmp_path / "vm1.zst").write_bytes(b"\x28\xb5\x2f\xfd damaged")
+    (tmp_path / "vm1.zst.sha256").write_text(f"{'0' * 64}  vm1.zst\n")
+    fetched = sh(backup.FETCH, f"{tmp_path}/vm1.zst\ncheck\n".encode(), tmp_path)
+    actual = hashlib.sha256(b"\x28\xb5\x2f\xfd damaged").hexdigest()
+    assert fetched.returncode == 0 and fetched.stdout.decode() == f"{'0' * 64} 12 {actual} 28 b5 2f fd\n"
+    assert backup.parse_fetched(fetched.stdout.decode())["compression"] == "zstd"
+    missing = sh(backup.FETCH, f"{tmp_path}/vm2.gz\nstat\n".encode(), tmp_path)
+    assert missing.returncode != 0 and missing.stdout == b"" and b"vm2.gz.sha256" in missing.stderr
+
+
+def test_upload_refuses_before_ready_when_the_file_cannot_be_made(tmp_path):
     (tmp_path / "vm1.gz.partial").mkdir()
-    up = sh(backup.UPLOAD, f"{tmp_path}/vm1.gz\n".encode() + b"data", tmp_path)
-    assert up.returncode != 0 and b"Is a directory" in up.stderr and up.stdout == b""
+    (tmp_path / "vm2.gz").mkdir()
+    for name, why in (("vm1.gz", b"Is a directory"), ("vm2.gz", b"vm2.gz: Is a directory")):
+        up = sh(backup.UPLOAD, f"{tmp_path}/{name}\n".encode() + b"data", tmp_path)
+        assert up.returncode != 0 and why in up.stderr and up.stdout == b"", up
+
+
+def test_upload_spoils_its_checksum_when_the_file_is_not_all_written(tmp_path):
+    """tee passes the whole stream on (the hash) even when the file fails: the sums must differ."""
+    data = b"x" * 4096
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "tee").write_text('#!/bin/sh\ncat\nexit 1\n')  # writes nothing to the file, then fails
+    (fake / "tee").chmod(0o755)
+    up = subprocess.run(["/bin/sh", "-c", backup.UPLOAD], input=f"{tmp_path}/vm1.gz\n".encode() + data,
+                        capture_output=True, cwd=tmp_path, check=False,
+                        env={"PATH": f"{fake}:/usr/bin:/bin"})
+    assert up.returncode == 0 and up.stdout.decode().splitlines()[0] == "ready"
+    assert backup.parse_remote_sum(up.stdout.decode().splitlines()[1])[0] != hashlib.sha256(data).hexdigest()
+
+
+def test_commit_removes_the_partial_file_unless_it_gets_the_checksum(tmp_path):
+    for given in (b"", b"abort\n", b"0123\n"):  # pairvm died (no line), aborted, or garbled
+        (tmp_path / "vm1.gz").write_text("old backup")
+        (tmp_path / "vm1.gz.partial").write_text("half")
+        commit = sh(backup.COMMIT, f"{tmp_path}/vm1.gz\n".encode() + given, tmp_path)
+        assert commit.returncode == 0 and commit.stdout == b"aborted\n", commit
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["vm1.gz"]
     commit = sh(backup.COMMIT, f"{tmp_path}/vm2.gz\n{'0' * 64}\n".encode(), tmp_path)
     assert commit.returncode != 0 and not (tmp_path / "vm2.gz").exists()
 
@@ -160,3 +200,35 @@ def test_abort_removes_only_the_partial_file(tmp_path):
 def test_a_garbled_answer_from_the_backup_host_is_an_error():
     with pytest.raises(ValueError, match="unexpected answer"):
         backup.parse_remote_sum("sh: sha256sum: not found")
+    with pytest.raises(ValueError, match="unexpected answer"):
+        backup.parse_fetched("0123 12 - 1f 8b")
+
+
+def view(*rows):
+    return {"vms": [{"name": name, "running": running, "location": location}
+                    for name, running, location in rows]}
+
+
+def test_shares_give_each_vm_to_the_host_not_running_it_or_its_home():
+    views = {
+        "hostA": view(("run-a", True, "home"), ("run-b", False, "home"), ("idle-b", False, "away"),
+                      ("both", True, "home"), ("only-a", False, "home")),
+        "hostB": view(("run-a", False, "away"), ("run-b", True, "away"), ("idle-b", False, "home"),
+                      ("both", True, "away")),
+    }
+    shares, problems = backup.shares(["hostA", "hostB"], views)
+    assert shares == {"hostA": ["run-b"], "hostB": ["idle-b", "run-a"]}
+    assert set(problems) == {"both", "only-a"}
+    assert "runs on hostA and hostB" in problems["both"] and "only hostA knows it" in problems["only-a"]
+    shares, problems = backup.shares(["hostA", "hostB"], views, ["run-a", "gone"])
+    assert shares == {"hostA": [], "hostB": ["run-a"]} and "no host of the pair" in problems["gone"]
+
+
+def test_several_vms_need_name_in_the_destination():
+    backup.check_one_each("bk@h:/b/vm1.gz", ["vm1"])
+    backup.check_one_each("bk@h:/b/_NAME.gz", "all")
+    for names in ("all", ["vm1", "vm2"]):
+        with pytest.raises(Invalid, match="must contain _NAME"):
+            backup.check_one_each("bk@h:/b/one.gz", names)
+    with pytest.raises(Invalid, match="backup.schedule.x: destination: .* must contain _NAME"):
+        backup.settings({"schedule": {"x": {"destination": "bk@h:/b/one.gz", "cron": "0 3 * * *"}}})
