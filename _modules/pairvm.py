@@ -49,7 +49,8 @@ def _host():
 @boundary.execution
 def pillar_record(name):
     """
-    The record of VM ``name`` as pillar defines it now, with its allocation.
+    The record of VM ``name`` as pillar defines it now, with its allocation
+    and the CD recorded by ``salt-run pairvm.cdrom`` (``pairvm:cdroms``).
 
     CLI Example:
 
@@ -71,7 +72,8 @@ def pillar_record(name):
             f"VM {name} has no allocation yet (IP, MAC, DRBD port): run "
             f"`salt-run pairvm.allocate` (the orchestrate does) and refresh pillar"
         )
-    return schema.record(name, definitions[name], alloc, settings)
+    definition = schema.recorded_cdrom(definitions[name], pairvm.get("cdroms", {}).get(name))
+    return schema.record(name, definition, alloc, settings)
 
 
 def _validated_pillar(pairvm):
@@ -292,12 +294,18 @@ def start(name, away=False, disconnected=False, test=False):
             if dom is not None and dom.isActive():
                 return plan.result(f"VM {name} is already running on {host.me}")
             _check_may_start(host, record, away, disconnected)
-            promote = host.drbd(name).get("role") != "Primary"
-            if promote:
-                plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
             seed = machines.seed(name)
             if seed:  # left by pairvm.image: the guest's first boot reads it
                 record = dict(record, cdrom=seed)
+            if record["cdrom"]:
+                try:
+                    host.check_cdrom(record["cdrom"])
+                except Failed as exc:
+                    raise Failed(f"{exc}: VM {name} boots with it; copy it there, or eject it "
+                                 f"(pairvm cdrom {name} eject)") from exc
+            promote = host.drbd(name).get("role") != "Primary"
+            if promote:
+                plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
             # A defined domain is redefined with the record's settings under its UUID.
             uuid = {"uuid": dom.UUIDString()} if dom is not None else {}
             xml = render.domain_xml(record, layout.SERIAL_LOG_DIR, uuid)
@@ -386,6 +394,8 @@ def stop(name, graceful=False, timeout=60, test=False):
         plan = host.plan(name, test)
         with host.libvirt() as conn:
             dom = host.domain(conn, name)
+            if dom is None and not os.path.exists(layout.machine_path(name)):
+                raise Failed(machines.no_vm(name))
             if dom is not None and dom.isActive():
                 _power_off(plan, dom, name, graceful, timeout)
         if host.drbd(name).get("role") == "Primary":

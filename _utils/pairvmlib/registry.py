@@ -8,6 +8,7 @@ needs no lock).
 """
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -42,11 +43,22 @@ def locked(opts):
 
 
 def as_pillar(registry):
-    """What the ext_pillar serves: pillar ``pairvm:allocations`` and the CLI-created VMs."""
+    """What the ext_pillar serves: pillar ``pairvm:allocations``, the CLI-created VMs, and
+    the CDs recorded by ``pairvm.cdrom`` (``cdroms``: {vm: {"path", "pillar"}})."""
     vms = registry.get("vms", {})
     return {
         "pairvm": {
             "allocations": {name: entry["alloc"] for name, entry in vms.items()},
             "vms": {name: entry["definition"] for name, entry in vms.items() if entry.get("definition")},
+            "cdroms": {name: entry["cdrom"] for name, entry in vms.items() if entry.get("cdrom")},
         }
     }
+
+
+def with_cdrom(registry, name, path, pillar_cdrom):
+    """A new registry in which VM ``name``'s CD is ``path`` (None: empty), recorded with the
+    ``cdrom`` its definition had then (``pillar_cdrom``): a later change of that wins again
+    (``schema.recorded_cdrom``)."""
+    updated = copy.deepcopy(registry)
+    updated["vms"][name]["cdrom"] = {"path": path, "pillar": pillar_cdrom}
+    return updated

@@ -2,6 +2,7 @@
 suppress, autostart; and the names every pairvm function checks first."""
 
 import json
+import re
 import stat
 import xml.etree.ElementTree as ET
 
@@ -473,6 +474,32 @@ def test_stop_of_a_stopped_vm_changes_nothing(host):
     assert host.actions() == []
 
 
+def test_stop_of_a_vm_unknown_here_says_so_and_nothing_else(host):
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
+        pairvm.stop("vm1")
+    assert host.actions() == []
+
+
+def test_start_refuses_a_cd_missing_on_this_host_before_promoting(host, tmp_path):
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = str(tmp_path / "gone.iso")
+    host.install("vm1", drbd=drbd_state())
+    with pytest.raises(CommandExecutionError, match=re.escape(
+            f"cdrom: {tmp_path}/gone.iso does not exist on hostA: VM vm1 boots with it; copy it there, "
+            f"or eject it (pairvm cdrom vm1 eject)")):
+        pairvm.start("vm1")
+    assert host.actions() == [] and host.defined == []
+
+
+def test_a_recorded_cd_wins_over_pillars_until_pillar_changes_its_own(host, tmp_path):
+    host.pillar["pairvm"]["cdroms"] = {"vm1": {"path": "/srv/a.iso", "pillar": None}}
+    assert pairvm.pillar_record("vm1")["cdrom"] == "/srv/a.iso"
+    host.pillar["pairvm"]["cdroms"] = {"vm1": {"path": None, "pillar": None}}  # ejected
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = None
+    assert pairvm.pillar_record("vm1")["cdrom"] is None
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = "/srv/b.iso"  # pillar changed since: it wins
+    assert pairvm.pillar_record("vm1")["cdrom"] == "/srv/b.iso"
+
+
 def test_stop_demotes_a_primary_left_without_a_vm(host):
     host.install("vm1", drbd=drbd_state(role="Primary"))
     assert pairvm.stop("vm1")["changes"] == ["drbdadm secondary vm1"]
@@ -534,7 +561,7 @@ def test_suppress_with_test_lists_without_acting(host):
 
 
 def test_suppress_of_a_vm_not_defined_here_is_refused(host):
-    with pytest.raises(CommandExecutionError, match="not defined on this host"):
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
         pairvm.suppress("vm1")
     assert not host.suppress_dir.exists()
 

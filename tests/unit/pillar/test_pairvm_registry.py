@@ -33,13 +33,14 @@ def test_without_a_registry_there_is_nothing_to_add(cachedir):
 def test_allocations_of_all_vms_and_definitions_of_cli_created_ones(cachedir):
     (cachedir / "pairvm").mkdir()
     (cachedir / "pairvm" / "registry.json").write_text(json.dumps({"vms": {
-        "vm1": {"definition": None, "alloc": ALLOC_1},
+        "vm1": {"definition": None, "alloc": ALLOC_1, "cdrom": {"path": "/srv/a.iso", "pillar": None}},
         "web": {"definition": CLI_DEFINITION, "alloc": ALLOC_2},
     }}))
     pillar = registry_pillar.ext_pillar("hostA", {"pairvm": {"vms": {"vm1": {"home": "hostA"}}}})
     assert pillar == {"pairvm": {
         "allocations": {"vm1": ALLOC_1, "web": ALLOC_2},
         "vms": {"web": CLI_DEFINITION},
+        "cdroms": {"vm1": {"path": "/srv/a.iso", "pillar": None}},
     }}
     # every minion gets the same registry
     assert registry_pillar.ext_pillar("hostB", {}) == pillar
@@ -48,4 +49,4 @@ def test_allocations_of_all_vms_and_definitions_of_cli_created_ones(cachedir):
 def test_an_empty_registry_adds_empty_maps(cachedir):
     (cachedir / "pairvm").mkdir()
     (cachedir / "pairvm" / "registry.json").write_text(json.dumps({"vms": {}}))
-    assert registry_pillar.ext_pillar("hostA", {}) == {"pairvm": {"allocations": {}, "vms": {}}}
+    assert registry_pillar.ext_pillar("hostA", {}) == {"pairvm": {"allocations": {}, "vms": {}, "cdroms": {}}}
