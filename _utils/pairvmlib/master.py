@@ -25,6 +25,15 @@ class Master:
         raise Failed(f"no pillar pairvm:pair for {minion or 'any accepted minion'}: "
                      f"define the pair in pillar")
 
+    def pair_hosts_everywhere(self):
+        """Every accepted minion that is a host of the pair its own pillar defines, sorted."""
+        hosts = []
+        for mid in salt.key.get_key(self.opts).list_status("accepted")["minions"]:
+            pillar = salt.pillar.get_pillar(self.opts, {"id": mid}, mid, saltenv="base").compile_pillar()
+            if mid in ((pillar.get("pairvm") or {}).get("pair") or {}):
+                hosts.append(mid)
+        return sorted(hosts)
+
     def client(self):
         return salt.client.get_local_client(self.opts["conf_file"])
 
@@ -38,6 +47,13 @@ class Master:
         if result.get("retcode", 0) != 0:
             raise Failed(f"{minion}: {function} failed: {result.get('ret')}")
         return result["ret"]
+
+
+def refused(context, exc):
+    """What a runner returns when it refuses or fails: the message and a non-zero retcode
+    (salt-run exits with a returned dict's ``retcode``; ``publish.runner`` hands the dict on)."""
+    context["retcode"] = 1
+    return {"error": str(exc), "retcode": 1}
 
 
 def pair_hosts(settings):
