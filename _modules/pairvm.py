@@ -206,7 +206,7 @@ def _rollback(host, plan, record):
 
 
 @boundary.execution
-def destroy(name, confirm=False, force=False, test=False):
+def destroy(name, confirm=False, force=False, test=False, missing_ok=True):
     """
     Remove VM ``name`` from this host: domain, DRBD resource, LVs, config.
 
@@ -214,7 +214,10 @@ def destroy(name, confirm=False, force=False, test=False):
     running VM is refused unless ``force=True`` (it is then powered off).
     Its snapshots go with it: those ``split_brain_victim`` kept
     (``<vg>/<name>-sb-<time>``) and one a killed backup left
-    (``<vg>/<name>-backup``); the result lists each LV removed.
+    (``<vg>/<name>-backup``); the result lists each LV removed. Nothing of
+    it left here is success, so a destroy run again finishes; with
+    ``missing_ok=False`` (the host command) it is refused as ``no VM NAME on
+    this host``.
 
     CLI Example:
 
@@ -249,6 +252,8 @@ def destroy(name, confirm=False, force=False, test=False):
                      layout.seed_path(name)):
             if os.path.exists(path):
                 plan.step(f"rm {path}", os.unlink, path)
+        if not plan.changes and not missing_ok:  # nothing was here, so nothing was done
+            raise Failed(machines.no_vm(name))
         return plan.result(f"VM {name} is absent from {host.me}")
 
 

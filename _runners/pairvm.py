@@ -342,9 +342,11 @@ def _gather_facts(hosts, bridges, timeout):
 
 
 @_operation
-def verify(timeout=60):
+def verify(timeout=60, minion=None):
     """
     Check the pair as a whole and report what is wrong (like ``gnt-cluster verify``).
+
+    The pair is that of host ``minion`` when given (its pillar's ``pairvm:pair``).
 
     Asks both hosts for ``pairvm.facts`` (one call each, in parallel) and
     compares them with pillar and the registry (read only). Changes nothing.
@@ -379,8 +381,9 @@ def verify(timeout=60):
 
         salt-run pairvm.verify
         salt-run pairvm.verify --out=json
+        salt-run pairvm.verify minion=hostA
     """
-    pairvm = _pillar()
+    pairvm = _pillar(minion)
     settings = schema.settings(pairvm)
     definitions = schema.vms(pairvm)
     findings = []

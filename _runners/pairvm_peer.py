@@ -40,9 +40,9 @@ def _call(minion, function, *args, **kwargs):
     return _master().call(minion, function, *args, **kwargs)
 
 
-def _callers_pair(operation):
+def _callers_pair(on_master):
     """(caller, its pillar pairvm, the pair's settings) of a host_* function: the caller must be
-    a host of the pair its pillar defines."""
+    a host of the pair its pillar defines (``on_master``: the runner to use on the master)."""
     caller = __opts__["id"]
     try:
         pairvm = _master().pillar(caller)
@@ -50,9 +50,8 @@ def _callers_pair(operation):
         pairvm = {}
     settings = schema.settings(pairvm) if pairvm else {"pair": {}}
     if caller not in settings["pair"]:
-        raise Failed(f"{caller} is not a host of a pair: pairvm.{operation} is for a pair host's "
-                     f"host command (publish.runner); on the master, use salt-run pairvm."
-                     f"{operation.removeprefix('host_')}")
+        raise Failed(f"{caller} is not a host of a pair: the pairvm.host_* runners are for a pair "
+                     f"host's command (publish.runner); on the master, use salt-run {on_master}")
     return caller, pairvm, settings
 
 
@@ -84,7 +83,7 @@ def host_create(name, where, memory, disc, vcpus=None, ip=None):
 
         salt-call publish.runner pairvm.host_create arg="[vm1, here, 1024, 10G]"
     """
-    caller, pairvm, settings = _callers_pair("host_create")
+    caller, pairvm, settings = _callers_pair("pairvm.create")
     if where not in ("here", "there"):
         raise Failed(f"where must be here or there, got {where!r}")
     home = caller if where == "here" else next(h for h in master.pair_hosts(settings) if h != caller)
@@ -196,7 +195,7 @@ def host_cdrom(name, iso=None, eject=False, test=False):
 
         salt-call publish.runner pairvm.host_cdrom arg="[vm1, /srv/iso/debian.iso]"
     """
-    caller, pairvm, _ = _callers_pair("host_cdrom")
+    caller, pairvm, _ = _callers_pair("pairvm.cdrom")
     _own_vm(caller, pairvm, name)
     return _set_cdrom(pairvm, name, iso, eject, test)
 
@@ -224,10 +223,10 @@ def host_chkconfig(name=None):
 
         salt-call publish.runner pairvm.host_chkconfig arg="[vm1]"
     """
-    _callers_pair("host_chkconfig")
+    caller, _, _ = _callers_pair("pairvm.verify")
     if name is not None:
         schema.validate_name(name)
-    found = _unwrapped(__salt__["pairvm.verify"]())["findings"]
+    found = _unwrapped(__salt__["pairvm.verify"](minion=caller))["findings"]
     result = pair_verify.result([f for f in found if name is None or f["vm"] == name])
     if result["retcode"]:
         __context__["retcode"] = 1

@@ -116,7 +116,7 @@ TABLE = (
             summary="Create VM NAME on both hosts through the master, here or on the peer (there), "
                     "with MEMORY MiB and a DISC like 10G."),
     Command("destroy", "pairvm.destroy", (NAME,), (
-        Flag("--yes-really", {"confirm": True},
+        Flag("--yes-really", {"confirm": True, "missing_ok": False},
              "destroy deletes {name} from THIS host ({host}): its disc here with\n"
              "everything on it, its DRBD resource and its libvirt domain. It cannot be undone;\n"
              "the peer's copy is not touched. To go ahead: pairvm destroy {name} --yes-really"),

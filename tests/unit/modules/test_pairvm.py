@@ -309,6 +309,8 @@ def test_destroy_with_force_removes_everything_in_order(host):
     assert (host.machines / "vm2").exists() and (host.drbd_dir / "vm2.res").exists()
     host.new_job()
     assert pairvm.destroy("vm1", confirm=True)["changes"] == []
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
+        pairvm.destroy("vm1", confirm=True, missing_ok=False)
 
 
 def test_destroy_removes_the_vms_snapshots_with_it_and_says_so(host):

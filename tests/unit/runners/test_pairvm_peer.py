@@ -188,7 +188,8 @@ def finding(severity, code, vm):
 
 def test_host_chkconfig_is_the_pair_verification_of_one_vm_or_all(pm):
     found = [finding("ERROR", "EMACHINESDIFF", "vm1"), finding("WARNING", "EVMNOTRUNNING", "vm2")]
-    peer.__salt__["pairvm.verify"] = lambda: {"findings": found, "retcode": 1}
+    peer.__salt__["pairvm.verify"] = lambda minion: {"findings": found if minion == "hostA" else [],
+                                                     "retcode": 1}
     ret = peer.host_chkconfig("vm2")
     assert ret["lines"] == ["WARNING EVMNOTRUNNING vm2@hostB: m"] and ret["retcode"] == 0
     ret = peer.host_chkconfig()

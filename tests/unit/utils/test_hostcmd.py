@@ -97,9 +97,9 @@ def call_of(argv):
     (["list", "name,ip"], "pairvm.list", ["fields=name,ip"]),
     (["check_system"], "pairvm.check_system", []),
     (["create", "vm1"], "pairvm.create", ["name=vm1"]),
-    (["destroy", "vm1", "--yes-really"], "pairvm.destroy", ["name=vm1", "confirm=True"]),
+    (["destroy", "vm1", "--yes-really"], "pairvm.destroy", ["name=vm1", "confirm=True", "missing_ok=False"]),
     (["destroy", "--force", "vm1", "--yes-really"], "pairvm.destroy",
-     ["name=vm1", "confirm=True", "force=True"]),
+     ["name=vm1", "confirm=True", "missing_ok=False", "force=True"]),
     (["start", "vm1"], "pairvm.start", ["name=vm1"]),
     (["start", "vm1", "--away"], "pairvm.start", ["name=vm1", "away=True"]),
     (["start", "vm1", "--disconnected", "--away"], "pairvm.start",
@@ -861,7 +861,8 @@ def test_a_command_of_several_forms_shows_each_in_its_help(salt, capsys):
         "usage: pairvm create NAME here|there MEMORY DISC [--ip IP] [--vcpus N]\n")
 
 
-@pytest.mark.parametrize("argv", [["stop", "vm9"], ["serial", "vm9"], ["cdrom", "vm9"]])
+@pytest.mark.parametrize("argv", [["stop", "vm9"], ["serial", "vm9"], ["cdrom", "vm9"],
+                                  ["destroy", "vm9", "--yes-really"]])
 def test_a_vm_this_host_has_no_record_of_is_named_and_nothing_else(salt, capsys, argv):
     """serial says it itself (before the banner); the others pass the function's message on."""
     salt.stdout, salt.stderr, salt.rc = "", f"Error running 'pairvm.{argv[0]}': no VM vm9 on this host\n", 1
