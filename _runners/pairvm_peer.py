@@ -18,6 +18,7 @@ writes it into the VM's record on both hosts.
 
 import os
 
+import salt.config.worker_pools
 from pairvmlib import boundary, layout, machines, master, peer, registry, schema
 from pairvmlib import verify as pair_verify
 from pairvmlib.errors import Failed, PairvmError
@@ -74,8 +75,10 @@ def host_create(name, where, memory, disc, vcpus=None, ip=None):
     [--vcpus N]`` (through ``publish.runner``; the peer_run ACL of
     ``pairvm.peer_acl``). ``memory`` in MiB, ``disc`` a size (``10G``). The
     result adds the VM's ``ip``, ``mac`` and ``vnc_display``. The same request
-    again (e.g. when the master's first answer was lost) reports the VM
-    instead of failing; a different one for an existing name is refused.
+    again (Salt's request channel sends it anew when the answer takes over a
+    minute) reports the VM once it is on both hosts with DRBD connected, and
+    says a create may be under way otherwise; a different one for an
+    existing name is refused.
 
     CLI Example:
 
@@ -91,7 +94,7 @@ def host_create(name, where, memory, disc, vcpus=None, ip=None):
     asked = {"home": home, "memory": memory, "disc": disc, **options}
     saved = registry.read(__opts__)["vms"].get(name) or {}
     if saved.get("definition") and _definition(name, asked, settings) == saved["definition"]:
-        return _created(name, {"name": name, "home": home, "comment": f"VM {name} exists already, as asked"})
+        return _created(name, _already(name, home, master.pair_hosts(settings)))
     result = __salt__["pairvm.create"](name, home, memory, disc, **options)
     if "error" in result:
         raise Failed(result["error"])
@@ -103,6 +106,18 @@ def _definition(name, asked, settings):
         return schema.vm_definition(name, asked, settings)
     except PairvmError:  # not valid: not the same request; pairvm.create says why
         return None
+
+
+def _already(name, home, hosts):
+    """The same create again (Salt's request channel sends a request anew when its answer takes
+    over a minute): the VM, when it is on both hosts with DRBD connected; else say so."""
+    states = {host: _call(host, "drbd.status", name).get("connection") for host in hosts}
+    if set(states.values()) != {"Connected"}:
+        raise Failed(f"VM {name} is registered with these values, but its DRBD resource is "
+                     + ", ".join(f"{state or 'down'} on {host}" for host, state in states.items())
+                     + ": a create of it may still be under way, or failed; see salt-run pairvm.list "
+                       "and salt-run jobs.active on the master")
+    return {"name": name, "home": home, "comment": f"VM {name} exists already, as asked"}
 
 
 def _created(name, result):
@@ -239,10 +254,14 @@ def host_chkconfig(name=None):
 @_operation
 def peer_acl(write=False):
     """
-    The master's ``peer_run`` setting that lets each pair host run the runner
-    functions its host command needs (``host_create``, ``host_cdrom``,
-    ``host_chkconfig``), and nothing else; minion ids and functions exactly
-    (Salt matches both as regular expressions from the start).
+    The master settings the pair hosts' command needs: ``peer_run``, which
+    lets each pair host run the runner functions its host command needs
+    (``host_create``, ``host_cdrom``, ``host_chkconfig``) and nothing else
+    (minion ids and functions exactly: Salt matches both as regular
+    expressions from the start), and ``worker_pools`` with those calls in a
+    pool of their own, so that a runner waiting for the hosts never waits
+    for a request queued behind itself (the master's current pools, plus
+    ``pairvm_peer``).
 
     The hosts are those of every pair in the pillar of the accepted minions.
     Shown by default (``--out=yaml`` prints the snippet for the master
@@ -260,14 +279,15 @@ def peer_acl(write=False):
     hosts = _master().pair_hosts_everywhere()
     if not hosts:
         raise Failed("no accepted minion is a host of a pair in its pillar pairvm:pair")
+    wanted = peer.settings(hosts, salt.config.worker_pools.get_worker_pools_config(__opts__))
     if not write:
-        return {"peer_run": peer.acl(hosts)}
+        return wanted
     path = os.path.join(os.path.dirname(__opts__["conf_file"]), "master.d", peer.CONFIG_NAME)
-    text = peer.config_text(hosts)
+    text = peer.config_text(wanted)
     changed = machines.read_text(path) != text
     if changed:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         machines.write_atomic(path, text, 0o644)
-    return {"path": path, "changed": changed, "peer_run": peer.acl(hosts),
+    return {**wanted, "path": path, "changed": changed,
             "comment": f"{'wrote' if changed else 'unchanged:'} {path}"
                        + ("; restart the salt-master to apply it" if changed else "")}

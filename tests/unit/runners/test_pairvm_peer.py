@@ -9,6 +9,7 @@ import re
 import pytest
 import yaml
 
+import salt.config.worker_pools as salt_pools
 from pairvmlib import master as master_lib
 from pairvmlib import peer as peer_lib
 from tests.unit.conftest import load
@@ -97,14 +98,25 @@ def test_only_a_host_of_a_pair_may_create_and_nothing_changes_else(pm, who):
     assert pm.calls == [] and pm.registry_file() == saved
 
 
-def test_the_same_create_again_reports_the_vm_and_a_different_one_is_refused(pm):
+def test_the_same_create_again_reports_the_vm_once_drbd_is_connected_on_both(pm):
     first = peer.host_create("web", "here", 512, "2G", ip="10.79.0.50")
     pm.calls.clear()
+    pm.connect_after = 0  # connected on both, as after the first create
     again = peer.host_create("web", "here", 512, "2G", ip="10.79.0.50")
-    assert again["comment"] == "VM web exists already, as asked" and pm.calls == []
+    assert again["comment"] == "VM web exists already, as asked"
+    assert pm.functions() == [("hostA", "drbd.status"), ("hostB", "drbd.status")]
     assert (again["ip"], again["vnc_display"]) == (first["ip"], first["vnc_display"]) == ("10.79.0.50", 3)
     other = peer.host_create("web", "here", 1024, "2G")
     assert other["retcode"] == 1 and "VM web already exists" in other["error"]
+
+
+def test_the_same_create_while_the_first_is_under_way_says_so(pm):
+    peer.host_create("web", "here", 512, "2G")
+    pm.connect_after = None  # DRBD never connects: the first create is still at work, or failed
+    again = peer.host_create("web", "here", 512, "2G")
+    assert again["retcode"] == 1 and again["error"].startswith(
+        "VM web is registered with these values, but its DRBD resource is Connecting on hostA, "
+        "Connecting on hostB: a create of it may still be under way")
 
 
 def test_host_create_refuses_a_where_of_neither_here_nor_there(pm):
@@ -202,7 +214,8 @@ def test_host_chkconfig_is_the_pair_verification_of_one_vm_or_all(pm):
 
 
 def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
-    acl = peer.peer_acl()["peer_run"]
+    wanted = peer.peer_acl()
+    acl = wanted["peer_run"]
     functions = [r"^pairvm\.host_create$", r"^pairvm\.host_cdrom$", r"^pairvm\.host_chkconfig$"]
     assert acl == {"^hostA$": functions, "^hostB$": functions}
 
@@ -215,13 +228,25 @@ def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
                              ("hostA", "pairvm.host_createX"), ("hostA", "pairvm.destroy"),
                              ("hostA", "pairvm.create"), ("hostA", "pairvmXhost_create")]:
         assert not allowed(minion, function), (minion, function)
+    # the peer runner calls in a worker pool of their own, the master's own pools kept
+    assert wanted["worker_pools"]["pairvm_peer"] == {"worker_count": 2, "commands": ["minion_runner"]}
+    assert salt_pools.validate_worker_pools_config({"worker_pools": wanted["worker_pools"]})
+    assert {k: v for k, v in wanted["worker_pools"].items() if k != "pairvm_peer"} == \
+        salt_pools.get_worker_pools_config(peer.__opts__)
+
+
+def test_worker_pools_keep_a_pool_the_operator_gave_the_peer_runner_calls():
+    own = {"slow": {"worker_count": 3, "commands": ["minion_runner", "_pillar"]},
+           "default": {"worker_count": 9, "commands": ["*"]}}
+    assert peer_lib.worker_pools(own) == own
+    assert "worker_pools" not in peer_lib.settings(["hostA"], None)  # pooling off: left so
 
 
 def test_peer_acl_writes_the_master_d_file_once(pm, tmp_path):
     ret = peer.peer_acl(write=True)
     path = tmp_path / "master.d" / peer_lib.CONFIG_NAME
     assert ret["path"] == str(path) and ret["changed"] and "restart the salt-master" in ret["comment"]
-    assert yaml.safe_load(path.read_text()) == {"peer_run": ret["peer_run"]}
+    assert yaml.safe_load(path.read_text()) == {key: ret[key] for key in ("peer_run", "worker_pools")}
     assert path.read_text().startswith("# Managed by the pairvm formula")
     again = peer.peer_acl(write=True)
     assert not again["changed"] and again["comment"] == f"unchanged: {path}"
