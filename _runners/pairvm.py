@@ -92,7 +92,8 @@ def create(name, home, memory, disc, wait=True, **options):
     Validates everything first (nothing is touched when anything is wrong),
     allocates, registers the VM (it is then part of pillar ``pairvm:vms`` as
     if it were defined there), creates it on the peer, then on the home host
-    (which starts the initial sync) and waits for DRBD to connect. Options:
+    (which starts the initial sync) and waits for DRBD to connect; the result
+    names the VM's ``ip``, ``mac`` and ``vnc_display``. Options:
     ``vcpus``, ``ip``, ``mac``, ``bridge``, ``drbd_port``, ``vnc_display``,
     ``state`` (``running`` by default, as in pillar: the VM is not started
     now, but the next orchestrate or ``pairvm autostart`` starts it; give
@@ -125,7 +126,7 @@ def create(name, home, memory, disc, wait=True, **options):
     except Failed:
         _undo_create(name, settings)
         raise
-    return result
+    return {**result, **{key: updated["vms"][name]["alloc"][key] for key in ("ip", "mac", "vnc_display")}}
 
 
 def _apply_create(name, home, peer, wait):
@@ -342,11 +343,12 @@ def _gather_facts(hosts, bridges, timeout):
 
 
 @_operation
-def verify(timeout=60, minion=None):
+def verify(timeout=60, minion=None, name=None):
     """
     Check the pair as a whole and report what is wrong (like ``gnt-cluster verify``).
 
-    The pair is that of host ``minion`` when given (its pillar's ``pairvm:pair``).
+    The pair is that of host ``minion`` when given (its pillar's ``pairvm:pair``);
+    with ``name``, only the findings about VM ``name``.
 
     Asks both hosts for ``pairvm.facts`` (one call each, in parallel) and
     compares them with pillar and the registry (read only). Changes nothing.
@@ -381,7 +383,7 @@ def verify(timeout=60, minion=None):
 
         salt-run pairvm.verify
         salt-run pairvm.verify --out=json
-        salt-run pairvm.verify minion=hostA
+        salt-run pairvm.verify minion=hostA name=vm1
     """
     pairvm = _pillar(minion)
     settings = schema.settings(pairvm)
@@ -397,7 +399,7 @@ def verify(timeout=60, minion=None):
     bridges = {settings["bridge"]} | {d["bridge"] for d in definitions.values() if d.get("bridge")}
     facts, down = _gather_facts(_pair(settings), bridges, timeout)
     findings += down + pair_verify.analyse(settings, definitions, saved, facts, bridges)
-    result = pair_verify.result(findings)
+    result = pair_verify.result([f for f in findings if name is None or f["vm"] == name])
     if result["retcode"]:
         __context__["retcode"] = 1
     return result

@@ -4,12 +4,14 @@ A pair host reaches the master through Salt's peer runner interface
 (``salt-call publish.runner FUN arg="[...]"``, what the host command runs).
 The master runs a runner function for a minion only when its ``peer_run``
 setting allows that minion and that function (``peer_acl`` writes it, for
-the functions ``host_create``, ``host_cdrom`` and ``host_chkconfig`` and
-the pair hosts only); inside, ``__opts__["id"]`` is the calling minion's
-id, which Salt's request channel checks against the minion's signed token.
-Each ``host_*`` function acts only on the caller's own pair, and does what
-the operator's form on the master does: ``pairvm.create``, ``pairvm.cdrom``,
-``pairvm.verify``.
+the ``host_*`` functions and the pair hosts only); inside,
+``__opts__["id"]`` is the calling minion's id, which Salt's request channel
+checks against the minion's signed token. Each ``host_*`` function acts only
+on the caller's own pair: it checks the request, then starts the operator's
+own runner (``pairvm.create``, ``pairvm.cdrom``, ``pairvm.verify``) with
+``salt-run`` as a job of its own and answers at once; ``host_job`` gives the
+caller the job's result (``pairvmlib.peerjobs`` says why a peer runner must
+not wait for the hosts itself).
 
 ``cdrom`` records a VM's CD in the registry (served as pillar
 ``pairvm:cdroms``, so the next ``state.apply pairvm.vms`` keeps it) and
@@ -18,10 +20,8 @@ writes it into the VM's record on both hosts.
 
 import os
 
-import salt.config.worker_pools
-from pairvmlib import boundary, layout, machines, master, peer, registry, schema
-from pairvmlib import verify as pair_verify
-from pairvmlib.errors import Failed, PairvmError
+from pairvmlib import boundary, layout, machines, master, peer, peerjobs, registry, schema
+from pairvmlib.errors import Failed
 
 __virtualname__ = "pairvm"
 
@@ -56,10 +56,11 @@ def _callers_pair(on_master):
     return caller, pairvm, settings
 
 
-def _own_vm(caller, pairvm, name):
-    schema.validate_name(name)
-    if name not in schema.vms(pairvm):
-        raise Failed(f"VM {name} is not a VM of {caller}'s pair")
+def _job(caller, function, **kwargs):
+    """Start ``salt-run FUNCTION key=value ...`` as ``caller``'s job; the answer to the host."""
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    token = peerjobs.start(__opts__, caller, peerjobs.salt_run_argv(__opts__, function, kwargs))
+    return {"job": token, "comment": f"started {function} on the master as job {token}"}
 
 
 # --- create from a host -----------------------------------------------------------------------
@@ -68,17 +69,13 @@ def _own_vm(caller, pairvm, name):
 @_operation
 def host_create(name, where, memory, disc, vcpus=None, ip=None):
     """
-    Create VM ``name`` from a pair host, as ``pairvm.create`` does: ``where``
-    ``here`` makes the calling host the VM's home, ``there`` its peer.
+    Start ``pairvm.create`` of VM ``name`` for a pair host: ``where`` ``here``
+    makes the calling host the VM's home, ``there`` its peer.
 
     For the host command ``pairvm create NAME here|there MEMORY DISC [--ip IP]
     [--vcpus N]`` (through ``publish.runner``; the peer_run ACL of
-    ``pairvm.peer_acl``). ``memory`` in MiB, ``disc`` a size (``10G``). The
-    result adds the VM's ``ip``, ``mac`` and ``vnc_display``. The same request
-    again (Salt's request channel sends it anew when the answer takes over a
-    minute) reports the VM once it is on both hosts with DRBD connected, and
-    says a create may be under way otherwise; a different one for an
-    existing name is refused.
+    ``pairvm.peer_acl``). ``memory`` in MiB, ``disc`` a size (``10G``).
+    Returns ``{"job": TOKEN}``: ``host_job`` gives the create's result.
 
     CLI Example:
 
@@ -86,50 +83,19 @@ def host_create(name, where, memory, disc, vcpus=None, ip=None):
 
         salt-call publish.runner pairvm.host_create arg="[vm1, here, 1024, 10G]"
     """
-    caller, pairvm, settings = _callers_pair("pairvm.create")
+    caller, _, settings = _callers_pair("pairvm.create")
+    schema.validate_name(name)
     if where not in ("here", "there"):
         raise Failed(f"where must be here or there, got {where!r}")
     home = caller if where == "here" else next(h for h in master.pair_hosts(settings) if h != caller)
-    options = {key: value for key, value in (("vcpus", vcpus), ("ip", ip)) if value is not None}
-    asked = {"home": home, "memory": memory, "disc": disc, **options}
-    saved = registry.read(__opts__)["vms"].get(name) or {}
-    if saved.get("definition") and _definition(name, asked, settings) == saved["definition"]:
-        return _created(name, _already(name, home, master.pair_hosts(settings)))
-    result = __salt__["pairvm.create"](name, home, memory, disc, **options)
-    if "error" in result:
-        raise Failed(result["error"])
-    return _created(name, result)
-
-
-def _definition(name, asked, settings):
-    try:
-        return schema.vm_definition(name, asked, settings)
-    except PairvmError:  # not valid: not the same request; pairvm.create says why
-        return None
-
-
-def _already(name, home, hosts):
-    """The same create again (Salt's request channel sends a request anew when its answer takes
-    over a minute): the VM, when it is on both hosts with DRBD connected; else say so."""
-    states = {host: _call(host, "drbd.status", name).get("connection") for host in hosts}
-    if set(states.values()) != {"Connected"}:
-        raise Failed(f"VM {name} is registered with these values, but its DRBD resource is "
-                     + ", ".join(f"{state or 'down'} on {host}" for host, state in states.items())
-                     + ": a create of it may still be under way, or failed; see salt-run pairvm.list "
-                       "and salt-run jobs.active on the master")
-    return {"name": name, "home": home, "comment": f"VM {name} exists already, as asked"}
-
-
-def _created(name, result):
-    alloc = registry.read(__opts__)["vms"][name]["alloc"]
-    return {**result, **{key: alloc.get(key) for key in ("ip", "mac", "vnc_display")}}
+    return _job(caller, "pairvm.create", name=name, home=home, memory=memory, disc=disc, vcpus=vcpus, ip=ip)
 
 
 # --- the CD of a VM, recorded on both hosts ------------------------------------------------------
 
 
 @_operation
-def cdrom(name, iso=None, eject=False, test=False):
+def cdrom(name, iso=None, eject=False, minion=None, test=False):
     """
     Give VM ``name`` the CD ``iso`` (or none: ``eject=True``) on both hosts:
     recorded, so the next start on either host boots with it, and changed
@@ -142,7 +108,8 @@ def cdrom(name, iso=None, eject=False, test=False):
     pillar refreshed, the record ``/machines/<name>`` rewritten
     (``pairvm.create``, as the state does) and ``pairvm.cdrom`` (the live
     change, the seed of ``pairvm.image`` deleted). Running it again after a
-    failure finishes. ``test=True`` lists what it would do.
+    failure finishes. The pair is that of host ``minion`` when given.
+    ``test=True`` lists what it would do.
 
     CLI Example:
 
@@ -152,13 +119,10 @@ def cdrom(name, iso=None, eject=False, test=False):
         salt-run pairvm.cdrom vm1 eject=True
         salt-run pairvm.cdrom vm1 eject=True test=True
     """
-    return _set_cdrom(_master().pillar(), name, iso, eject, test)
-
-
-def _set_cdrom(pairvm, name, iso, eject, test):
     schema.validate_name(name)
     if (iso is not None) == (eject is True):
         raise Failed("cdrom: give iso=PATH or eject=True")
+    pairvm = _master().pillar(minion)
     definitions = schema.vms(pairvm)
     if name not in definitions:
         raise Failed(f"no VM {name} in pillar or the registry")
@@ -201,8 +165,9 @@ def _planned(name, iso, now):
 @_operation
 def host_cdrom(name, iso=None, eject=False, test=False):
     """
-    ``pairvm.cdrom`` for a VM of the calling host's pair: the host command's
-    ``pairvm cdrom NAME ISO|eject`` (through ``publish.runner``).
+    Start ``pairvm.cdrom`` for a VM of the calling host's pair: the host
+    command's ``pairvm cdrom NAME ISO|eject`` (through ``publish.runner``).
+    Returns ``{"job": TOKEN}``: ``host_job`` gives the result.
 
     CLI Example:
 
@@ -211,14 +176,11 @@ def host_cdrom(name, iso=None, eject=False, test=False):
         salt-call publish.runner pairvm.host_cdrom arg="[vm1, /srv/iso/debian.iso]"
     """
     caller, pairvm, _ = _callers_pair("pairvm.cdrom")
-    _own_vm(caller, pairvm, name)
-    return _set_cdrom(pairvm, name, iso, eject, test)
-
-
-def _unwrapped(result):
-    if "error" in result:
-        raise Failed(result["error"])
-    return result
+    schema.validate_name(name)
+    if name not in schema.vms(pairvm):
+        raise Failed(f"VM {name} is not a VM of {caller}'s pair")
+    return _job(caller, "pairvm.cdrom", name=name, iso=iso, eject=eject or None, minion=caller,
+                test=test or None)
 
 
 # --- the pair's configuration compared, from a host ------------------------------------------
@@ -227,10 +189,10 @@ def _unwrapped(result):
 @_operation
 def host_chkconfig(name=None):
     """
-    The pair verification (``pairvm.verify``) for the calling host's pair, of
-    VM ``name`` only when given: the host command's ``pairvm chkconfig
-    [NAME]`` (the old tool's configuration comparison across the pair). The
-    ``retcode`` is 1 when there is an ERROR.
+    Start the pair verification (``pairvm.verify``) of the calling host's
+    pair, of VM ``name`` only when given: the host command's ``pairvm
+    chkconfig [NAME]`` (the old tool's configuration comparison across the
+    pair). Returns ``{"job": TOKEN}``: ``host_job`` gives the findings.
 
     CLI Example:
 
@@ -241,11 +203,24 @@ def host_chkconfig(name=None):
     caller, _, _ = _callers_pair("pairvm.verify")
     if name is not None:
         schema.validate_name(name)
-    found = _unwrapped(__salt__["pairvm.verify"](minion=caller))["findings"]
-    result = pair_verify.result([f for f in found if name is None or f["vm"] == name])
-    if result["retcode"]:
-        __context__["retcode"] = 1
-    return result
+    return _job(caller, "pairvm.verify", minion=caller, name=name)
+
+
+@_operation
+def host_job(token):
+    """
+    The result of the calling host's job ``token`` (started by a ``host_*``
+    function): ``{"done": False}`` while it runs, else ``{"done": True,
+    "result": ...}`` (the job is gone then). Only the host that started a job
+    reads it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call publish.runner pairvm.host_job arg="[0123456789abcdef0123456789abcdef]"
+    """
+    return peerjobs.result(__opts__, __opts__["id"], token)
 
 
 # --- the ACL ---------------------------------------------------------------------------------------
@@ -254,14 +229,11 @@ def host_chkconfig(name=None):
 @_operation
 def peer_acl(write=False):
     """
-    The master settings the pair hosts' command needs: ``peer_run``, which
-    lets each pair host run the runner functions its host command needs
-    (``host_create``, ``host_cdrom``, ``host_chkconfig``) and nothing else
-    (minion ids and functions exactly: Salt matches both as regular
-    expressions from the start), and ``worker_pools`` with those calls in a
-    pool of their own, so that a runner waiting for the hosts never waits
-    for a request queued behind itself (the master's current pools, plus
-    ``pairvm_peer``).
+    The master's ``peer_run`` setting that lets each pair host run the runner
+    functions its host command needs (``host_create``, ``host_cdrom``,
+    ``host_chkconfig``, ``host_job``), and nothing else; minion ids and
+    functions exactly (Salt matches both as regular expressions from the
+    start).
 
     The hosts are those of every pair in the pillar of the accepted minions.
     Shown by default (``--out=yaml`` prints the snippet for the master
@@ -279,15 +251,14 @@ def peer_acl(write=False):
     hosts = _master().pair_hosts_everywhere()
     if not hosts:
         raise Failed("no accepted minion is a host of a pair in its pillar pairvm:pair")
-    wanted = peer.settings(hosts, salt.config.worker_pools.get_worker_pools_config(__opts__))
     if not write:
-        return wanted
+        return {"peer_run": peer.acl(hosts)}
     path = os.path.join(os.path.dirname(__opts__["conf_file"]), "master.d", peer.CONFIG_NAME)
-    text = peer.config_text(wanted)
+    text = peer.config_text(hosts)
     changed = machines.read_text(path) != text
     if changed:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         machines.write_atomic(path, text, 0o644)
-    return {**wanted, "path": path, "changed": changed,
+    return {"path": path, "changed": changed, "peer_run": peer.acl(hosts),
             "comment": f"{'wrote' if changed else 'unchanged:'} {path}"
                        + ("; restart the salt-master to apply it" if changed else "")}

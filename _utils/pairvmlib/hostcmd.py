@@ -5,8 +5,10 @@
 --local`` (so it works while the master is down; ``create NAME`` and
 ``image`` need the master's pillar), or a runner function of the master
 through Salt's peer runner interface (``salt-call publish.runner``:
-``create NAME here|there ...``, ``cdrom NAME ISO|eject``, ``chkconfig``),
-and prints its result for a person. ``pairvm help`` lists the commands,
+``create NAME here|there ...``, ``cdrom NAME ISO|eject``, ``chkconfig``;
+the runner starts a job on the master, whose result the command asks for
+with ``pairvm.host_job`` until it is there), and prints its result for a
+person. ``pairvm help`` lists the commands,
 ``pairvm help COMMAND`` shows one with its function's docstring.
 
 The command itself (``salt/pairvm/files/pairvm``, installed by the state
@@ -31,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 from pairvmlib import layout, machines, progress
 from pairvmlib.commands import COMMANDS, FORMS, LATER, Usage, choose, parse, plain, summary
@@ -329,7 +332,8 @@ def salt_call(function, kwargs, config_dir, progress=False, local=True):
 
 # --- a runner of the master, through the peer runner interface -------------------------------
 
-RUNNER_TIMEOUT = 900  # seconds: a create waits for DRBD on both hosts; Salt's own retries are 3 x 60 s
+RUNNER_TIMEOUT = 900  # seconds a job on the master may take (a create waits for DRBD on both hosts)
+POLL_INTERVAL = 1  # seconds between the asks for a job's result (each a salt-call of its own)
 MASTER_PROBE_TIMEOUT = 5
 
 
@@ -381,26 +385,50 @@ def reach_master(command, kwargs, config_dir):
                  f"nothing was done. On the master, run: {master_form(command, kwargs)}")
 
 
-def runner_call(command, kwargs, config_dir):
-    """Run the command's runner function on the master; return (retcode, result) or raise Failed."""
-    reach_master(command, kwargs, config_dir)
-    argv = runner_argv(command.function, kwargs, config_dir)
+def publish_runner(function, kwargs, config_dir):
+    """One ``publish.runner`` call: the runner's return, or Failed saying why there is none."""
+    argv = runner_argv(function, kwargs, config_dir)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=RUNNER_TIMEOUT)
     except OSError as exc:
         raise Failed(f"cannot run salt-call: {exc.strerror}") from exc
     except subprocess.TimeoutExpired:
-        raise Failed(f"the master did not answer within {RUNNER_TIMEOUT} s; it may still be working: "
-                     f"see `salt-run jobs.active` there") from None
+        raise Failed(f"the master did not answer {function} within {RUNNER_TIMEOUT} s") from None
     try:
         result = json.loads(proc.stdout)["local"]
     except (ValueError, KeyError, TypeError):
         raise Failed(error_message("publish.runner", proc.stderr)) from None
     if not result:  # what the master answers a minion or function its peer_run does not allow
-        raise Failed(f"the master refused {command.function} to this host: its peer_run setting must "
+        raise Failed(f"the master refused {function} to this host: its peer_run setting must "
                      f"allow it (salt-run pairvm.peer_acl write=True, then restart the master)")
-    if isinstance(result, str):  # e.g. "'pairvm.host_create' runner publish timed out"
+    if isinstance(result, str):  # e.g. "'pairvm.host_job' runner publish timed out"
         raise Failed(f"{result}; on the master, see `salt-run jobs.active`")
+    if isinstance(result, dict) and "error" in result:
+        raise Failed(result["error"])
+    return result
+
+
+def runner_call(command, kwargs, config_dir):
+    """Run the command's runner on the master: it starts a job there (a peer runner must not
+    wait for the hosts itself: pairvmlib.peerjobs), whose result is asked for until it is
+    there. Returns (retcode, result) or raises Failed."""
+    reach_master(command, kwargs, config_dir)
+    started = publish_runner(command.function, kwargs, config_dir)
+    token = started.get("job") if isinstance(started, dict) else None
+    if not isinstance(token, str):
+        raise Failed(f"the master answered {command.function} without a job: {started!r}")
+    deadline = time.monotonic() + RUNNER_TIMEOUT
+    while True:
+        time.sleep(POLL_INTERVAL)
+        answer = publish_runner("pairvm.host_job", {"token": token}, config_dir)
+        if answer.get("done"):
+            result = answer["result"]
+            break
+        if time.monotonic() > deadline:
+            raise Failed(f"job {token} on the master did not end within {RUNNER_TIMEOUT} s; see "
+                         f"`salt-run jobs.active` there")
+    if isinstance(result, str):  # salt-run's own message, e.g. an exception in the runner
+        raise Failed(result)
     if isinstance(result, dict) and "error" in result:
         raise Failed(result["error"])
     return (1 if isinstance(result, dict) and result.get("retcode") else 0), result

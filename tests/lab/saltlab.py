@@ -10,7 +10,6 @@ from pathlib import Path
 
 from saltfactories.daemons.minion import SaltMinion
 
-from salt.config.worker_pools import DEFAULT_WORKER_POOLS
 from tests.lab import namespaces
 from tests.lab.hosts import REPO, lab_environ
 from tests.lab.lab import CONTROL_IP
@@ -49,9 +48,8 @@ def file_tree(dest):
 
 
 def master_config(root, pillar_root=REPO / "pillar", pair_hosts=LAB_PAIR):
-    """Master settings for the lab (root: a directory of the master's own). ``peer_run`` and
-    ``worker_pools`` are what ``salt-run pairvm.peer_acl write=True`` writes for the pairs of
-    ``pair_hosts`` on a master with Salt's default pools."""
+    """Master settings for the lab (root: a directory of the master's own). ``peer_run`` is
+    what ``salt-run pairvm.peer_acl write=True`` writes for the pairs of ``pair_hosts``."""
     return {
         "interface": CONTROL_IP,
         "file_roots": {"base": [str(file_tree(Path(root) / "srv"))]},
@@ -60,8 +58,7 @@ def master_config(root, pillar_root=REPO / "pillar", pair_hosts=LAB_PAIR):
         "ext_pillar": [{"pairvm_registry": {}}],
         "fileserver_followsymlinks": True,
         "timeout": 30,
-        # what `salt-run pairvm.peer_acl write=True` writes: peer_run and worker_pools
-        **peer.settings(pair_hosts, DEFAULT_WORKER_POOLS),
+        "peer_run": peer.acl(pair_hosts),
     }
 
 

@@ -207,6 +207,7 @@ def test_create_registers_then_creates_on_the_peer_then_the_home_and_waits_for_d
     assert not [c for c in order if c[1] == "pairvm.destroy"]
     assert ret["name"] == "web" and ret["home"] == "hostA" and ret["drbd"]["connection"] == "Connected"
     assert set(ret["changes"]) == {"hostA", "hostB"}
+    assert (ret["ip"], ret["mac"], ret["vnc_display"]) == ("10.79.0.7", "52:54:00:00:00:03", 3)
     # what the hosts saw when they refreshed: the VM, with its allocation, valid for pillar_record
     for minion in ("hostA", "hostB"):
         seen = allocated.seen_at_refresh[minion]

@@ -5,13 +5,15 @@ pair host runs on the master through publish.runner, the CD recorded on both hos
 """
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
-import salt.config.worker_pools as salt_pools
 from pairvmlib import master as master_lib
 from pairvmlib import peer as peer_lib
+from pairvmlib import peerjobs as peer_jobs
+from salt.utils.args import parse_input
 from tests.unit.conftest import load
 from tests.unit.runners.test_pairvm import Master, registry_pillar, runner
 
@@ -29,6 +31,9 @@ class PeerMaster(Master):
                     opts={**self.opts, "id": "hostA"})
         monkeypatch.setattr(master_lib.Master, "pillar", lambda _, minion=None: self.pillar_of(minion))
         monkeypatch.setattr(master_lib.Master, "pair_hosts_everywhere", lambda _: ["hostA", "hostB"])
+        self.jobs = []  # (caller, argv) of each job started
+        monkeypatch.setattr(peer_jobs, "start", lambda opts, caller, argv: self.jobs.append((caller, argv))
+                            or "ab" * 16)
         self.files = {"hostA": {"/srv/iso/d.iso"}, "hostB": {"/srv/iso/d.iso"}}
         self.running = {"hostA": False, "hostB": False}
         self.handlers.update({
@@ -77,51 +82,59 @@ def caller(minion):
 # --- host_create ---------------------------------------------------------------------------------
 
 
+def job_of(pm):
+    """(caller, runner function, its kwargs) of the one job started, decoded as salt-run decodes
+    its argv (Salt's own parser, with the job's --no-parse)."""
+    (caller, argv), = pm.jobs
+    options = [a for a in argv if a.startswith("--")]
+    assert f"--config-dir={Path(pm.opts['conf_file']).parent}" in options and "--out=json" in options
+    no_parse = next((o.split("=", 1)[1].split(",") for o in options if o.startswith("--no-parse=")), [])
+    function, *args = [a for a in argv[3:] if not a.startswith("--")]
+    positional, kwargs = parse_input(args, condition=False, no_parse=no_parse)
+    assert positional == []
+    return caller, function, kwargs
+
+
 @pytest.mark.parametrize("who, where, home", [("hostA", "here", "hostA"), ("hostA", "there", "hostB"),
                                               ("hostB", "here", "hostB"), ("hostB", "there", "hostA")])
-def test_host_create_makes_the_caller_or_its_peer_the_home(pm, who, where, home):
+def test_host_create_starts_the_operators_create_with_the_caller_or_its_peer_as_home(pm, who, where, home):
     caller(who)
-    ret = peer.host_create("web", where, 512, "2G")
-    assert ret["home"] == home and pm.load_registry()["vms"]["web"]["definition"]["home"] == home
-    assert (ret["ip"], ret["mac"], ret["vnc_display"]) == ("10.79.0.7", "52:54:00:00:00:03", 3)
-    assert [c for c in pm.functions() if c[1] == "pairvm.create"] == [
-        (h, "pairvm.create") for h in (({"hostA", "hostB"} - {home}).pop(), home)]
+    started = peer.host_create("yes", where, 512, "2G")
+    assert started == {"job": "ab" * 16, "comment": f"started pairvm.create on the master as job {'ab' * 16}"}
+    assert job_of(pm) == (who, "pairvm.create", {"name": "yes", "home": home, "memory": 512, "disc": "2G"})
+    assert pm.calls == []  # the job does the work: the peer runner waits for no host
+
+
+def test_host_create_passes_the_options_given(pm):
+    peer.host_create("web", "here", 512, "2G", vcpus=2, ip="10.79.0.50")
+    assert job_of(pm)[2] == {"name": "web", "home": "hostA", "memory": 512, "disc": "2G", "vcpus": 2,
+                             "ip": "10.79.0.50"}
+
+
+def test_the_create_the_job_runs_names_ip_mac_and_vnc(pm):
+    peer.host_create("web", "here", 512, "2G")
+    _, function, kwargs = job_of(pm)
+    ret = runner.create(**kwargs)
+    assert function == "pairvm.create"
+    assert (ret["home"], ret["ip"], ret["mac"], ret["vnc_display"]) == ("hostA", "10.79.0.7",
+                                                                        "52:54:00:00:00:03", 3)
 
 
 @pytest.mark.parametrize("who", ["hostC", "saltmaster_master", "hostA2"])
-def test_only_a_host_of_a_pair_may_create_and_nothing_changes_else(pm, who):
+def test_only_a_host_of_a_pair_may_create_and_nothing_is_started_else(pm, who):
     caller(who)
-    saved = pm.registry_file()
     ret = peer.host_create("web", "here", 512, "2G")
     assert ret["retcode"] == 1 and ret["error"].startswith(f"{who} is not a host of a pair")
     assert "salt-run pairvm.create" in ret["error"]
-    assert pm.calls == [] and pm.registry_file() == saved
+    assert pm.jobs == [] and pm.calls == []
 
 
-def test_the_same_create_again_reports_the_vm_once_drbd_is_connected_on_both(pm):
-    first = peer.host_create("web", "here", 512, "2G", ip="10.79.0.50")
-    pm.calls.clear()
-    pm.connect_after = 0  # connected on both, as after the first create
-    again = peer.host_create("web", "here", 512, "2G", ip="10.79.0.50")
-    assert again["comment"] == "VM web exists already, as asked"
-    assert pm.functions() == [("hostA", "drbd.status"), ("hostB", "drbd.status")]
-    assert (again["ip"], again["vnc_display"]) == (first["ip"], first["vnc_display"]) == ("10.79.0.50", 3)
-    other = peer.host_create("web", "here", 1024, "2G")
-    assert other["retcode"] == 1 and "VM web already exists" in other["error"]
-
-
-def test_the_same_create_while_the_first_is_under_way_says_so(pm):
-    peer.host_create("web", "here", 512, "2G")
-    pm.connect_after = None  # DRBD never connects: the first create is still at work, or failed
-    again = peer.host_create("web", "here", 512, "2G")
-    assert again["retcode"] == 1 and again["error"].startswith(
-        "VM web is registered with these values, but its DRBD resource is Connecting on hostA, "
-        "Connecting on hostB: a create of it may still be under way")
-
-
-def test_host_create_refuses_a_where_of_neither_here_nor_there(pm):
-    ret = peer.host_create("web", "hostB", 512, "2G")
-    assert ret["error"] == "where must be here or there, got 'hostB'" and pm.calls == []
+@pytest.mark.parametrize("args, message", [
+    (("web", "hostB", 512, "2G"), "where must be here or there, got 'hostB'"),
+    (("we;b", "here", 512, "2G"), "name: must be 1 to 12 characters"),
+])
+def test_host_create_refuses_a_bad_request_before_starting_anything(pm, args, message):
+    assert message in peer.host_create(*args)["error"] and pm.jobs == []
 
 
 # --- cdrom ------------------------------------------------------------------------------------------
@@ -181,42 +194,51 @@ def test_an_iso_missing_on_the_peer_is_refused(pm):
     assert "is not a file on hostB" in ret["error"]
 
 
-def test_host_cdrom_is_for_the_vms_of_the_callers_pair_only(pm):
+def test_host_cdrom_starts_the_cd_of_a_vm_of_the_callers_pair_only(pm):
     caller("hostB")
-    assert peer.host_cdrom("vm1", eject=True)["comment"] == "VM vm1's CD is empty on both hosts"
-    pm.calls.clear()
+    assert peer.host_cdrom("vm1", eject=True)["job"] == "ab" * 16
+    assert job_of(pm) == ("hostB", "pairvm.cdrom", {"name": "vm1", "eject": True, "minion": "hostB"})
+    pm.jobs.clear()
     assert peer.host_cdrom("vm9", eject=True)["error"] == "VM vm9 is not a VM of hostB's pair"
     caller("hostC")
     assert peer.host_cdrom("vm1", eject=True)["error"].startswith("hostC is not a host of a pair")
-    assert pm.calls == []
+    assert pm.jobs == [] and pm.calls == []
+
+
+def test_host_cdrom_passes_an_iso_and_test(pm):
+    peer.host_cdrom("vm1", iso="/srv/iso/a b=c.iso", test=True)
+    assert job_of(pm)[2] == {"name": "vm1", "iso": "/srv/iso/a b=c.iso", "minion": "hostA", "test": True}
 
 
 # --- chkconfig ------------------------------------------------------------------------------------
 
 
-def finding(severity, code, vm):
-    return {"severity": severity, "code": code, "vm": vm, "host": "hostB", "message": "m"}
-
-
-def test_host_chkconfig_is_the_pair_verification_of_one_vm_or_all(pm):
-    found = [finding("ERROR", "EMACHINESDIFF", "vm1"), finding("WARNING", "EVMNOTRUNNING", "vm2")]
-    peer.__salt__["pairvm.verify"] = lambda minion: {"findings": found if minion == "hostA" else [],
-                                                     "retcode": 1}
-    ret = peer.host_chkconfig("vm2")
-    assert ret["lines"] == ["WARNING EVMNOTRUNNING vm2@hostB: m"] and ret["retcode"] == 0
-    ret = peer.host_chkconfig()
-    assert len(ret["lines"]) == 2 and ret["retcode"] == 1 and ret["summary"] == "1 error, 1 warning"
+def test_host_chkconfig_starts_the_verification_of_the_callers_pair(pm):
+    assert peer.host_chkconfig("vm2")["job"] == "ab" * 16
+    assert job_of(pm) == ("hostA", "pairvm.verify", {"minion": "hostA", "name": "vm2"})
+    pm.jobs.clear()
+    peer.host_chkconfig()
+    assert job_of(pm) == ("hostA", "pairvm.verify", {"minion": "hostA"})
+    pm.jobs.clear()
     caller("hostC")
     assert peer.host_chkconfig()["error"].startswith("hostC is not a host of a pair")
+    assert pm.jobs == []
+
+
+def test_host_job_reads_only_the_callers_jobs(pm, monkeypatch):
+    asked = []
+    monkeypatch.setattr(peer_jobs, "result",
+                        lambda opts, who, token: asked.append((who, token)) or {"done": False})
+    assert peer.host_job("cd" * 16) == {"done": False} and asked == [("hostA", "cd" * 16)]
 
 
 # --- the ACL -----------------------------------------------------------------------------------------
 
 
 def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
-    wanted = peer.peer_acl()
-    acl = wanted["peer_run"]
-    functions = [r"^pairvm\.host_create$", r"^pairvm\.host_cdrom$", r"^pairvm\.host_chkconfig$"]
+    acl = peer.peer_acl()["peer_run"]
+    functions = [r"^pairvm\.host_create$", r"^pairvm\.host_cdrom$", r"^pairvm\.host_chkconfig$",
+                 r"^pairvm\.host_job$"]
     assert acl == {"^hostA$": functions, "^hostB$": functions}
 
     def allowed(minion, function):  # what salt.daemons.masterapi.RemoteFuncs.minion_runner does
@@ -228,25 +250,13 @@ def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
                              ("hostA", "pairvm.host_createX"), ("hostA", "pairvm.destroy"),
                              ("hostA", "pairvm.create"), ("hostA", "pairvmXhost_create")]:
         assert not allowed(minion, function), (minion, function)
-    # the peer runner calls in a worker pool of their own, the master's own pools kept
-    assert wanted["worker_pools"]["pairvm_peer"] == {"worker_count": 2, "commands": ["minion_runner"]}
-    assert salt_pools.validate_worker_pools_config({"worker_pools": wanted["worker_pools"]})
-    assert {k: v for k, v in wanted["worker_pools"].items() if k != "pairvm_peer"} == \
-        salt_pools.get_worker_pools_config(peer.__opts__)
-
-
-def test_worker_pools_keep_a_pool_the_operator_gave_the_peer_runner_calls():
-    own = {"slow": {"worker_count": 3, "commands": ["minion_runner", "_pillar"]},
-           "default": {"worker_count": 9, "commands": ["*"]}}
-    assert peer_lib.worker_pools(own) == own
-    assert "worker_pools" not in peer_lib.settings(["hostA"], None)  # pooling off: left so
 
 
 def test_peer_acl_writes_the_master_d_file_once(pm, tmp_path):
     ret = peer.peer_acl(write=True)
     path = tmp_path / "master.d" / peer_lib.CONFIG_NAME
     assert ret["path"] == str(path) and ret["changed"] and "restart the salt-master" in ret["comment"]
-    assert yaml.safe_load(path.read_text()) == {key: ret[key] for key in ("peer_run", "worker_pools")}
+    assert yaml.safe_load(path.read_text()) == {"peer_run": ret["peer_run"]}
     assert path.read_text().startswith("# Managed by the pairvm formula")
     again = peer.peer_acl(write=True)
     assert not again["changed"] and again["comment"] == f"unchanged: {path}"

@@ -47,6 +47,7 @@ def no_host_view(tmp_path, monkeypatch):
 
 PLAINTEXT = "correct horse battery staple"
 HASH = crypt.crypt(PLAINTEXT, crypt.mksalt(crypt.METHOD_SHA512))
+TOKEN = "0123456789abcdef" * 2
 
 
 class Replaced(Exception):
@@ -59,14 +60,23 @@ def salt(monkeypatch):
 
     class Fake:
         result, stdout, stderr, rc = {"name": "vm1", "changes": [], "comment": ""}, None, "", 0
-        calls, kwargs, execs = [], [], []
+        calls, kwargs, execs, polls, pending = [], [], [], [], 0
         config = {"master": "salt.example.net", "master_port": 4506}
+        start = {"job": TOKEN, "comment": "started"}
 
         def run(self, argv, **kwargs):
             if argv[argv.index("--") + 1] == "sys.doc":  # help: the real functions' docstrings
                 return subprocess.CompletedProcess(argv, 0, json.dumps({"local": DOCS}), "")
             if argv[argv.index("--") + 1] == "config.items":  # the master's address, for runners
                 return subprocess.CompletedProcess(argv, 0, json.dumps({"local": self.config}), "")
+            if "fun=pairvm.host_job" in argv:  # asks for a job's result: done after `pending` asks
+                self.polls.append(argv)
+                done = len(self.polls) > self.pending
+                answer = {"done": True, "result": self.result} if done else {"done": False}
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"local": answer}), "")
+            if argv[argv.index("--") + 1] == "publish.runner":  # a host_* runner starts a job
+                self.calls.append(argv)
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"local": self.start}), "")
             self.calls.append(argv)
             self.kwargs.append(kwargs)
             stdout = self.stdout if self.stdout is not None else json.dumps({"local": self.result})
@@ -735,6 +745,7 @@ def master(salt, monkeypatch):
 
     probe = Probe()
     monkeypatch.setattr(hostcmd.socket, "create_connection", probe.connect)
+    monkeypatch.setattr(hostcmd.time, "sleep", lambda seconds: None)
     return probe
 
 
@@ -767,9 +778,11 @@ CREATED = {"name": "vm1", "home": "hostA",
 ])
 def test_runner_commands_reach_the_master_with_exactly_the_intended_kwargs(salt, master, argv, fun, kwargs):
     salt.result = {**CREATED, "cdrom": None, "lines": [], "summary": "0 errors, 0 warnings", "comment": "ok"}
+    salt.pending = 2  # the job runs a while: asked for three times
     assert hostcmd.main(argv) == 0
     (called,) = salt.calls
     assert runner_kwargs(called) == (fun, kwargs)
+    assert [runner_kwargs(poll) for poll in salt.polls] == [("pairvm.host_job", {"token": TOKEN})] * 3
     assert master.probed == [("salt.example.net", 4506)]
 
 
@@ -829,16 +842,30 @@ def test_every_master_of_a_multi_master_minion_is_tried(salt, master, capsys):
     assert master.probed == [("m1", 4606), ("m2", 4606)]
 
 
-@pytest.mark.parametrize(("result", "message"), [
+@pytest.mark.parametrize(("start", "message"), [
     ({}, "the master refused pairvm.host_chkconfig to this host: its peer_run setting must allow it"),
     ("'pairvm.host_chkconfig' runner publish timed out",
      "'pairvm.host_chkconfig' runner publish timed out; on the master, see"),
     ({"error": "hostC is not a host of a pair: ...", "retcode": 1}, "hostC is not a host of a pair: ..."),
+    ({"comment": "no job"}, "the master answered pairvm.host_chkconfig without a job"),
 ])
-def test_what_the_master_refuses_exits_1_with_its_reason(salt, master, capsys, result, message):
-    salt.result = result
+def test_what_the_master_refuses_exits_1_with_its_reason(salt, master, capsys, start, message):
+    salt.start = start
     assert hostcmd.main(["chkconfig"]) == 1
     assert capsys.readouterr().err.startswith(f"pairvm: {message}")
+    assert salt.polls == []
+
+
+@pytest.mark.parametrize(("result", "message"), [
+    ({"error": "VM vm1 already exists (pillar or registry)", "retcode": 1},
+     "VM vm1 already exists (pillar or registry)"),
+    ("Exception occurred in runner pairvm.create: Traceback ...",
+     "Exception occurred in runner pairvm.create"),
+])
+def test_what_the_job_on_the_master_refuses_exits_1_with_its_reason(salt, master, capsys, result, message):
+    salt.result = result
+    assert hostcmd.main(["create", "vm1", "here", "1024", "10G"]) == 1
+    assert capsys.readouterr() == ("", f"pairvm: {result if isinstance(result, str) else message}\n")
 
 
 def test_chkconfig_prints_the_differences_and_exits_1_when_there_are_any(salt, master, capsys):
