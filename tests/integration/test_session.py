@@ -418,10 +418,20 @@ def registry(salt_master):
 def test_only_the_pairs_hosts_reach_the_runners_they_need(session, lab, salt_master, salt_cli, salt_run_cli,
                                                           strangers):
     before = registry(salt_master)
-    # Positive control: a pair host runs its function through publish.runner.
+    # Positive control: a pair host runs its function through publish.runner: a job, whose
+    # result only that host reads.
     own = salt_cli.run("publish.runner", "pairvm.host_chkconfig", f"arg={json.dumps([VM])}",
                        minion_tgt="hostA")
-    assert own.returncode == 0 and "summary" in own.data and "lines" in own.data, own
+    token = own.data["job"]
+    assert strangers["hostC"]("pairvm.host_job", token) == {
+        "error": f"job {token} was not started by hostC", "retcode": 1}
+
+    def ask():
+        answer = salt_cli.run("publish.runner", "pairvm.host_job", f"arg={json.dumps([token])}",
+                              minion_tgt="hostA").data
+        return answer["result"] if answer.get("done") else None
+
+    assert "summary" in wait_for(ask, "the chkconfig job", timeout=120, interval=2)
     # A pair host may run only the functions its host command needs.
     destroy = salt_cli.run("publish.runner", "pairvm.destroy", f"arg={json.dumps([VM, 'confirm=True'])}",
                            minion_tgt="hostA")
