@@ -48,7 +48,8 @@ def _host():
 @boundary.execution
 def pillar_record(name):
     """
-    The record of VM ``name`` as pillar defines it now, with its allocation.
+    The record of VM ``name`` as pillar defines it now, with its allocation
+    and the CD recorded by ``salt-run pairvm.cdrom`` (``pairvm:cdroms``).
 
     Its ``disc_mib`` is the larger of the definition's ``disc`` and the size
     ``salt-run pairvm.resize`` recorded for the VM in the registry (served as
@@ -74,7 +75,7 @@ def pillar_record(name):
             f"VM {name} has no allocation yet (IP, MAC, DRBD port): run "
             f"`salt-run pairvm.allocate` (the orchestrate does) and refresh pillar"
         )
-    definition = definitions[name]
+    definition = schema.recorded_cdrom(definitions[name], pairvm.get("cdroms", {}).get(name))
     grown = schema.resized(pairvm).get(name, 0)
     if grown > definition["disc_mib"]:
         definition = {**definition, "disc_mib": grown}
@@ -224,7 +225,7 @@ def _rollback(host, plan, record):
 
 
 @boundary.execution
-def destroy(name, confirm=False, force=False, test=False):
+def destroy(name, confirm=False, force=False, test=False, missing_ok=True):
     """
     Remove VM ``name`` from this host: domain, DRBD resource, LVs, config.
 
@@ -232,7 +233,10 @@ def destroy(name, confirm=False, force=False, test=False):
     running VM is refused unless ``force=True`` (it is then powered off).
     Its snapshots go with it: those ``split_brain_victim`` kept
     (``<vg>/<name>-sb-<time>``) and one a killed backup left
-    (``<vg>/<name>-backup``); the result lists each LV removed.
+    (``<vg>/<name>-backup``); the result lists each LV removed. Nothing of
+    it left here is success, so a destroy run again finishes; with
+    ``missing_ok=False`` (the host command) it is refused as ``no VM NAME on
+    this host``.
 
     CLI Example:
 
@@ -267,6 +271,8 @@ def destroy(name, confirm=False, force=False, test=False):
                      layout.seed_path(name)):
             if os.path.exists(path):
                 plan.step(f"rm {path}", os.unlink, path)
+        if not plan.changes and not missing_ok:  # nothing was here, so nothing was done
+            raise Failed(machines.no_vm(name))
         return plan.result(f"VM {name} is absent from {host.me}")
 
 
@@ -314,12 +320,18 @@ def start(name, away=False, disconnected=False, test=False):
             if dom is not None and dom.isActive():
                 return plan.result(f"VM {name} is already running on {host.me}")
             _check_may_start(host, record, away, disconnected)
-            promote = host.drbd(name).get("role") != "Primary"
-            if promote:
-                plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
             seed = machines.seed(name)
             if seed:  # left by pairvm.image: the guest's first boot reads it
                 record = dict(record, cdrom=seed)
+            if record["cdrom"]:
+                try:
+                    host.check_cdrom(record["cdrom"])
+                except Failed as exc:
+                    raise Failed(f"{exc}: VM {name} boots with it; copy it there, or eject it "
+                                 f"(pairvm cdrom {name} eject)") from exc
+            promote = host.drbd(name).get("role") != "Primary"
+            if promote:
+                plan.step(f"drbdadm primary {name}", __salt__["drbd.primary"], name)
             # A defined domain is redefined with the record's settings under its UUID.
             uuid = {"uuid": dom.UUIDString()} if dom is not None else {}
             xml = render.domain_xml(record, layout.SERIAL_LOG_DIR, uuid)
@@ -411,6 +423,8 @@ def stop(name, graceful=False, timeout=60, test=False):
                 dom = host.domain(conn, name)
                 if dom is not None and dom.isActive():
                     _power_off(plan, dom, name, graceful, timeout)
+        elif not os.path.exists(layout.machine_path(name)):
+            raise Failed(machines.no_vm(name))
         if host.drbd(name).get("role") == "Primary":
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
         return plan.result(f"VM {name} is stopped on {host.me}")

@@ -28,12 +28,19 @@ def _host():
 @boundary.execution
 def cdrom(name, iso=None, eject=False, test=False):
     """
-    Show, insert or eject VM ``name``'s CD, on a running VM without a restart.
+    Show, insert or eject VM ``name``'s CD on this host.
 
-    The change lasts until the VM stops; set ``cdrom`` in pillar to keep one.
-    A seed CD left by ``pairvm.image`` is attached at every start until it is
-    ejected here: ejecting it also deletes the seed. ``test=True`` lists the
-    change without making it.
+    Shown (``cdrom``): the CD of the running VM, or what a stopped VM's next
+    start attaches (the seed of ``pairvm.image`` while there is one, else the
+    CD of its record ``/machines/<name>``, in ``recorded``). A running VM's CD
+    is changed live (libvirt change-media). The record, which both hosts'
+    next start reads, is changed only through the master, so that the two
+    hosts never disagree: ``salt-run pairvm.cdrom`` (or ``pairvm cdrom`` on a
+    host) records the CD and then calls this function on both hosts. So on a
+    stopped VM this function refuses a CD its record does not hold. Any
+    change of the CD also deletes the seed of ``pairvm.image``. ``iso`` must
+    be the absolute path of a readable file on this host. ``test=True`` lists
+    the changes without making them.
 
     CLI Example:
 
@@ -45,30 +52,39 @@ def cdrom(name, iso=None, eject=False, test=False):
         salt hostA pairvm.cdrom vm1 eject=True test=True
     """
     host = _host()
-    host.machine(name)
-    if iso is not None and (not os.path.isabs(iso) or ".." in iso.split("/")):
-        raise Failed(f"cdrom: {iso!r} is not an absolute path without '..'")
-    if iso is not None and not os.path.isfile(iso):
-        raise Failed(f"cdrom: {iso} does not exist on {host.me}")
+    record = host.machine(name)
+    if iso is not None and eject:
+        raise Failed("cdrom: give iso or eject=True, not both")
+    if iso is not None:
+        host.check_cdrom(iso)
+    seed = machines.seed(name)
     with host.lock(name), host.libvirt() as conn:
         dom = host.domain(conn, name)
-        if dom is None or not dom.isActive():
-            raise Failed(f"VM {name} is not running on {host.me}")
-        current = render.domain_summary(dom.XMLDesc(0))["cdrom"]
+        running = dom is not None and dom.isActive()
+        current = render.domain_summary(dom.XMLDesc(0))["cdrom"] if running else seed or record["cdrom"]
+        shown = {"name": name, "cdrom": current, "recorded": record["cdrom"], "running": running}
         if iso is None and not eject:
-            return {"name": name, "cdrom": current, "changes": [], "comment": ""}
+            return {**shown, "changes": [], "comment": ""}
         target = None if eject else iso
-        if target == current:
-            return {"name": name, "cdrom": current, "changes": [], "comment": "already so"}
+        if not running and target != record["cdrom"]:
+            raise Failed(
+                f"VM {name} is not running on {host.me}: the CD of its next start is recorded on both "
+                f"hosts, through the master: `pairvm cdrom {name} {iso or 'eject'}` on a host, or "
+                f"`salt-run pairvm.cdrom {name} {'iso=' + iso if iso else 'eject=True'}`"
+            )
         plan = host.plan(name, test)
-        plan.step(f"virsh change-media {name} {render.CDROM_TARGET} "
-                  + (f"--insert {target}" if target else "--eject"),
-                  dom.updateDeviceFlags, render.cdrom_xml(target), hostlib.libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        seed = machines.seed(name)
-        if eject and seed and current == seed:  # the seed of pairvm.image is not wanted any more
+        if running and target != current:
+            plan.step(f"virsh change-media {name} {render.CDROM_TARGET} "
+                      + (f"--insert {target}" if target else "--eject"),
+                      dom.updateDeviceFlags, render.cdrom_xml(target), hostlib.libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if seed:  # the seed of pairvm.image is not wanted any more
             plan.step(f"rm {seed}", os.unlink, seed)
-        result = plan.result(f"VM {name}'s CD is {target or 'empty'}")
-        return dict(result, cdrom=current if test else target)
+        lasting = "" if target == record["cdrom"] else (
+            f" until it stops (its record says {record['cdrom'] or 'no CD'}: "
+            f"record it with salt-run pairvm.cdrom)")
+        result = plan.result(f"VM {name}'s CD is {target or 'empty'}{lasting}" if plan.changes
+                             else f"VM {name}'s CD is already {target or 'empty'}")
+        return {**shown, **result, "cdrom": current if test else target}
 
 
 @boundary.execution

@@ -34,22 +34,27 @@ def _host():
 
 
 FIRSTBOOT_MAX_BYTES = 256 * 1024
+CHECKSUMS_MAX_BYTES = 2**20
 COPY_CHUNK = 4 * 2**20
 HTTP_TIMEOUT = 60
 
 
 @boundary.execution
-def image(name, dist, hostname, password, firstboot=None, test=False):
+def image(name, dist, hostname=None, password=None, firstboot=None, test=False):
     """
     Write OS image ``dist`` from the catalogue onto stopped VM ``name``'s disc,
     with a cloud-init NoCloud seed CD for its first boot.
 
     Only on the VM's home host, only while the VM is stopped here, and only
     while DRBD is Connected with both discs UpToDate and the peer Secondary,
-    so the peer receives every byte. Steps: fetch the image named ``dist`` in
-    pillar ``pairvm:images`` into ``/var/cache/pairvm/images/<sha256>`` (an
-    http(s) download resumes where it stopped; a local path is read in place),
-    check its sha256 (a mismatch writes nothing), check it fits, promote the
+    so the peer receives every byte. The catalogue (``pillar.example``,
+    ``pairvm:images``) holds the current Debian and Ubuntu LTS cloud images out
+    of the box, each checked against the checksum file its distribution
+    publishes beside it (``SHA512SUMS``, ``SHA256SUMS``), read anew each time,
+    or against a sha256 pinned in pillar. Steps: fetch the image into
+    ``/var/cache/pairvm/images/<digest>`` (an http(s) download resumes where it
+    stopped; a local path is read in place), check its digest (a mismatch, or
+    a checksum file that does not list the image, writes nothing), check it fits, promote the
     DRBD resource, write the image onto ``/dev/drbd<minor>`` (``qemu-img
     convert`` for qcow2), demote it, then build the seed ISO
     ``/var/lib/pairvm/seeds/<name>.iso`` (volume id ``cidata``, mode 0600):
@@ -62,7 +67,9 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
     reported as event ``pairvm/image/<name>/progress`` and, under salt-call,
     on stderr.
 
-    ``hostname`` must be a fully qualified domain name. ``firstboot`` is the
+    ``hostname`` is the guest's host name (one label or a fully qualified
+    name); by default the VM's name, with pillar ``pairvm:guest_domain``
+    appended when set. ``firstboot`` is the
     absolute path of a script on this host (at most 256 KiB), put into the
     seed and run once by cloud-init.
 
@@ -78,9 +85,9 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
 
     .. code-block:: bash
 
-        salt hostA pairvm.image vm1 bookworm vm1.example.org "$(openssl passwd -6)"
-        salt hostA pairvm.image vm1 bookworm vm1.example.org '$6$...' firstboot=/root/setup.sh
-        salt hostA pairvm.image vm1 bookworm vm1.example.org '$6$...' test=True
+        salt hostA pairvm.image vm1 bookworm password="$(openssl passwd -6)"
+        salt hostA pairvm.image vm1 trixie vm1.example.org '$6$...' firstboot=/root/setup.sh
+        salt hostA pairvm.image vm1 noble password='$6$...' test=True
     """
     host = _host()
     record = host.machine(name)
@@ -92,9 +99,9 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
     pairvm = __pillar__.get("pairvm", {})
     catalogue = images.catalogue(pairvm)
     if dist not in catalogue:
-        known = ", ".join(sorted(catalogue)) or "none: pillar pairvm:images is empty"
+        known = ", ".join(sorted(catalogue)) or "none (pillar pairvm:default_images is false, no images)"
         raise Failed(f"unknown image {dist!r}; known images: {known}")
-    hostname = images.validate_fqdn(hostname)
+    hostname = images.guest_hostname(name, hostname, pairvm)
     if not images.is_password_hash(password):
         raise Failed(
             "password: not a SHA-512 crypt hash ($6$...). pairvm.image takes only a hash, so that no "
@@ -117,8 +124,9 @@ def image(name, dist, hostname, password, firstboot=None, test=False):
                     f"VM {name} is running on {host.me}: stop it before writing an image"
                 )
         drbd = host.check_peer_receives(record, "the image")
+        want = _expected_digest(host, entry)
         plan = host.plan(name, test)
-        source = _image_steps(host, plan, record, dist, entry, drbd)
+        source = _image_steps(host, plan, record, dist, entry, drbd, want)
         seed = layout.seed_path(name)
         files = seed_files.files(record, f"pairvm-{name}-{int(time.time())}", hostname,
                                  password, ssh_keys, script)
@@ -145,24 +153,53 @@ def _firstboot_script(host, path):
         raise Failed(f"firstboot: {path} is not a UTF-8 text script") from exc
 
 
-def _image_steps(host, plan, record, dist, entry, drbd):
+def _expected_digest(host, entry):
+    """(algorithm, hex digest, where it comes from) of the catalogue entry's image: its pinned
+    sha256, or what the checksum file beside it lists (read now, so never stale)."""
+    if entry["sha256"]:
+        return "sha256", entry["sha256"], "the catalogue"
+    where = entry["checksums"]
+    text = _read_small(host, where)
+    algorithm, digest = images.expected_digest(text, entry["source"].rsplit("/", 1)[-1], where)
+    return algorithm, digest, where
+
+
+def _read_small(host, where):
+    """The text of a checksum file: a local path or an http(s) URL, at most 1 MiB."""
+    try:
+        if where.startswith("/"):
+            with open(where, "rb") as fh:
+                data = fh.read(CHECKSUMS_MAX_BYTES + 1)
+        else:
+            with urllib.request.urlopen(where, timeout=HTTP_TIMEOUT) as response:  # noqa: S310 - http(s) only
+                data = response.read(CHECKSUMS_MAX_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise Failed(f"image: cannot fetch the checksum file {where}: HTTP {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise Failed(f"image: cannot read the checksum file {where} on {host.me}: {exc}") from exc
+    if len(data) > CHECKSUMS_MAX_BYTES:
+        raise Failed(f"image: the checksum file {where} is larger than 1 MiB: not a checksum file")
+    return data.decode("utf-8", "replace")
+
+
+def _image_steps(host, plan, record, dist, entry, drbd, want):
     """Fetch and check the image, then write it through DRBD; returns its source."""
-    name, sha = record["name"], entry["sha256"]
+    name, (algorithm, digest, _) = record["name"], want
     device = layout.drbd_device(record["drbd_minor"])
     source = entry["source"]
     if source.startswith("/"):
         path = source
-        plan.step(f"sha256sum {path} (expect {sha})", _verify_image, host, name, path, sha, False)
+        plan.step(f"{algorithm}sum {path} (expect {digest})", _verify_image, host, name, path, want, False)
     else:
-        path = os.path.join(layout.IMAGE_CACHE_DIR, sha)
+        path = os.path.join(layout.IMAGE_CACHE_DIR, digest)
         if os.path.exists(path):
-            plan.step(f"sha256sum {path} (cached {dist}, expect {sha})",
-                      _verify_image, host, name, path, sha, True)
+            plan.step(f"{algorithm}sum {path} (cached {dist}, expect {digest})",
+                      _verify_image, host, name, path, want, True)
         else:
             plan.step(f"download {source} -> {path}.part (resumable)",
                       _download, host, name, source, f"{path}.part")
-            plan.step(f"sha256sum {path}.part (expect {sha}), then rename it to {path}",
-                      _verify_download, host, name, path, sha)
+            plan.step(f"{algorithm}sum {path}.part (expect {digest}), then rename it to {path}",
+                      _verify_download, host, name, path, want)
     plan.step(f"check that {entry['format']} image {dist} fits on {device}",
               _check_fits, host, record, path, entry["format"])
     old_seed = machines.seed(name)
@@ -186,8 +223,8 @@ def _image_steps(host, plan, record, dist, entry, drbd):
     return source
 
 
-def _sha256_of(host, name, path):
-    digest = hashlib.sha256()
+def _digest_of(host, name, path, algorithm):
+    digest = hashlib.new(algorithm)
     report = host.reporter("image", name, os.path.getsize(path), phase="verify")
     done = 0
     with open(path, "rb") as fh:
@@ -199,27 +236,29 @@ def _sha256_of(host, name, path):
     return digest.hexdigest()
 
 
-def _verify_image(host, name, path, sha, cached):
+def _verify_image(host, name, path, want, cached):
+    algorithm, digest, origin = want
     if not os.path.isfile(path):
         raise Failed(f"image: {path} does not exist on {host.me}")
-    found = _sha256_of(host, name, path)
-    if found != sha:
+    found = _digest_of(host, name, path, algorithm)
+    if found != digest:
         if cached:
             os.unlink(path)
         raise Failed(
-            f"image: sha256 of {path} is {found}, the catalogue says {sha}: nothing was written"
+            f"image: {algorithm} of {path} is {found}, {origin} says {digest}: nothing was written"
             + ("; the cached copy was removed, run again to download it anew" if cached else "")
         )
 
 
-def _verify_download(host, name, path, sha):
+def _verify_download(host, name, path, want):
+    algorithm, digest, origin = want
     part = f"{path}.part"
-    found = _sha256_of(host, name, part)
-    if found != sha:
+    found = _digest_of(host, name, part, algorithm)
+    if found != digest:
         os.unlink(part)  # complete but wrong: resuming it could never help
         raise Failed(
-            f"image: sha256 of the download is {found}, the catalogue says {sha}: nothing was written "
-            f"(is the catalogue's sha256 or the server's file wrong?)"
+            f"image: {algorithm} of the download is {found}, {origin} says {digest}: nothing was written "
+            f"(is the image on the server damaged or tampered with, or the hash wrong?)"
         )
     os.rename(part, path)
 

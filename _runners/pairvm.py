@@ -150,7 +150,8 @@ def create(name, home, memory, disc, wait=True, pair=None, **options):
     in its pair's registry (it is then part of pillar ``pairvm:vms`` of the
     pair's hosts as if it were defined there), creates it on the peer, then
     on the home host (which starts the initial sync) and waits for DRBD to
-    connect. ``pair``: refuse unless ``home`` is a host of that pair.
+    connect; the result names the VM's ``pair``, ``ip``, ``mac`` and
+    ``vnc_display``. ``pair``: refuse unless ``home`` is a host of that pair.
     Options: ``vcpus``, ``ip``, ``mac``, ``bridge``, ``drbd_port``,
     ``vnc_display``, ``state`` (``running`` by default, as in pillar: the VM
     is not started now, but the next orchestrate or ``pairvm autostart``
@@ -178,14 +179,15 @@ def create(name, home, memory, disc, wait=True, pair=None, **options):
     definition = schema.vm_definition(name, definition, settings)
     hosts = master.pair_hosts(settings)
     _master().require(hosts)
-    _allocate_pair(settings, definitions, new=(name, definition))
+    saved = _allocate_pair(settings, definitions, new=(name, definition))
     peer = next(h for h in hosts if h != home)
     try:
         result = _apply_create(name, home, peer, wait)
     except Failed:
         _undo_create(name, settings["pair_name"], hosts)
         raise
-    return {**result, "pair": settings["pair_name"]}
+    given = {key: saved["vms"][name]["alloc"][key] for key in ("ip", "mac", "vnc_display")}
+    return {**result, "pair": settings["pair_name"], **given}
 
 
 def _apply_create(name, home, peer, wait):
@@ -472,10 +474,11 @@ def _readable_registries():
 
 
 @_operation
-def verify(timeout=60, pair=None):
+def verify(timeout=60, pair=None, minion=None, name=None):
     """
-    Check every pair (or ``pair``) as a whole and report what is wrong (like
-    ``gnt-cluster verify``).
+    Check every pair (or ``pair``, or the pair of host ``minion``) as a whole
+    and report what is wrong (like ``gnt-cluster verify``); with ``name``,
+    only the findings about VM ``name``.
 
     Asks all hosts for ``pairvm.facts`` at once (one ping, one publish) and
     compares each pair's with its pillar and registry, and the registries
@@ -513,7 +516,11 @@ def verify(timeout=60, pair=None):
 
         salt-run pairvm.verify
         salt-run pairvm.verify pair=two --out=json
+        salt-run pairvm.verify minion=hostA name=vm1
     """
+    vm = name
+    if minion is not None:
+        pair = schema.settings(_pillar(minion))["pair_name"]
     unreadable = {}
     known = _registered(pair, errors=unreadable)
     findings = [pair_verify.finding("ERROR", "EQUERYFAILED", None, None, why, pair=name)
@@ -534,7 +541,7 @@ def verify(timeout=60, pair=None):
                                         pair_verify.bridges(settings, definitions))
             findings += [dict(f, pair=name) for f in found]
     findings += pair_verify.fleet_checks(_readable_registries(), pair)
-    result = pair_verify.result(findings, pairs=sorted(known))
+    result = pair_verify.result([f for f in findings if vm is None or f["vm"] == vm], pairs=sorted(known))
     if result["retcode"]:
         __context__["retcode"] = 1
     return result

@@ -64,6 +64,24 @@ HOST = {
     "hosts": {},
 }
 CLI = {"path": "/usr/local/sbin/pairvm"}
+# The image catalogue of pairvm.image out of the box: the current Debian and Ubuntu LTS
+# cloud images, each checked against the checksum file its distribution publishes beside it
+# (so a point release needs no new hash here). ``mirror`` names a base URL of IMAGE_MIRRORS
+# (pillar ``pairvm:image_mirrors`` points it elsewhere), ``path`` is below it.
+IMAGE_MIRRORS = {
+    "debian": "https://cloud.debian.org/images/cloud",
+    "ubuntu": "https://cloud-images.ubuntu.com",
+}
+IMAGES = {
+    "trixie": {"mirror": "debian", "path": "trixie/latest/debian-13-generic-amd64.qcow2",
+               "format": "qcow2", "checksums": "SHA512SUMS"},
+    "bookworm": {"mirror": "debian", "path": "bookworm/latest/debian-12-generic-amd64.qcow2",
+                 "format": "qcow2", "checksums": "SHA512SUMS"},
+    "noble": {"mirror": "ubuntu", "path": "noble/current/noble-server-cloudimg-amd64.img",
+              "format": "qcow2", "checksums": "SHA256SUMS"},
+    "jammy": {"mirror": "ubuntu", "path": "jammy/current/jammy-server-cloudimg-amd64.img",
+              "format": "qcow2", "checksums": "SHA256SUMS"},
+}
 
 
 def pillar():

@@ -78,11 +78,20 @@ class Host:
         """The checked record of VM ``name`` (``/machines/<name>``)."""
         data = machines.record_bytes(check_name(name))
         if data is None:
-            raise Failed(
-                f"VM {name} is not defined on this host ({layout.machine_path(name)} does not exist); "
-                f"create it with salt-run pairvm.create or the pairvm.vms state"
-            )
+            raise Failed(machines.no_vm(name))
         return schema.load_record(data.decode("utf-8"))
+
+    def check_cdrom(self, path):
+        """Refuse a CD image that is not the absolute path of a readable regular file here."""
+        if not isinstance(path, str) or not os.path.isabs(path) or ".." in path.split("/"):
+            raise Failed(f"cdrom: {path!r} is not an absolute path without '..'")
+        if not os.path.exists(path):
+            raise Failed(f"cdrom: {path} does not exist on {self.me}")
+        if not os.path.isfile(path):
+            raise Failed(f"cdrom: {path} is not a regular file on {self.me}")
+        if not os.access(path, os.R_OK):
+            raise Failed(f"cdrom: {path} cannot be read on {self.me}")
+        return path
 
     def vg(self, record):
         return record["hosts"][self.me]["vg"]

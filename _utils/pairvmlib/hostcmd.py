@@ -1,9 +1,14 @@
 """The host command ``pairvm``: the old tool's commands on a host, through Salt.
 
-``pairvm COMMAND [ARG...]`` runs the execution function the command's entry
-in ``pairvmlib.commands`` names, through ``salt-call --local`` (so it works
-while the master is down; ``create`` and ``image`` need the master's pillar),
-and prints its result for a person. ``pairvm help`` lists the commands,
+``pairvm COMMAND [ARG...]`` runs the function the command's entry in
+``pairvmlib.commands`` names: an execution function through ``salt-call
+--local`` (so it works while the master is down; ``create NAME`` and
+``image`` need the master's pillar), or a runner function of the master
+through Salt's peer runner interface (``salt-call publish.runner``:
+``create NAME here|there ...``, ``cdrom NAME ISO|eject``, ``chkconfig``;
+the runner starts a job on the master, whose result the command asks for
+with ``pairvm.host_job`` until it is there), and prints its result for a
+person. ``pairvm help`` lists the commands,
 ``pairvm help COMMAND`` shows one with its function's docstring.
 
 The command itself (``salt/pairvm/files/pairvm``, installed by the state
@@ -11,7 +16,8 @@ The command itself (``salt/pairvm/files/pairvm``, installed by the state
 and calls ``main``. Standard library only: it runs with the system's Python.
 
 Exit status: 0 done, 1 the operation failed or refused (its message says
-why), 2 wrong usage (nothing was run).
+why; also the master not reachable, or differences found by ``chkconfig``),
+2 wrong usage (nothing was run).
 
 Safety: salt-call gets an argv list, never a shell string. Every argument is
 ``key=value`` with the key chosen by the table; values are checked first (VM
@@ -23,12 +29,14 @@ string values are listed in ``--no-parse`` so Salt passes them verbatim, and
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 from pairvmlib import layout, machines, progress
-from pairvmlib.commands import COMMANDS, LATER, Usage, parse, plain, summary
+from pairvmlib.commands import COMMANDS, FORMS, LATER, Usage, choose, parse, plain, summary
 from pairvmlib.errors import PairvmError
 
 CONSOLE_BANNER = "Connected to {name}'s serial console; press Ctrl+] to leave."
@@ -178,8 +186,39 @@ def format_autostart(result):
 def format_cdrom(result):
     lines = [f"  {change}" for change in result.get("changes") or []]
     cdrom = f"cdrom {result['cdrom']}" if result["cdrom"] else "no cdrom"
-    lines.append(f"{result['name']}: {cdrom}")
+    when = "" if result.get("running", True) else " (at its next start)"
+    lines.append(f"{result['name']}: {cdrom}{when}")
     return "\n".join(lines)
+
+
+def _per_host(changes):
+    """``  host: change`` lines of a runner's ``{host: [change, ...] or a host's result}``."""
+    lines = []
+    for host, done in sorted(changes.items()):
+        done = done.get("changes", []) if isinstance(done, dict) else done
+        lines += [f"  {host}: {change}" for change in done]
+    return lines
+
+
+def format_pair(result):
+    """What a runner did on both hosts, then its comment."""
+    return "\n".join(_per_host(result.get("changes") or {}) + [result.get("comment") or "done"])
+
+
+def format_created(result):
+    """create through the master: what each host did, then how to reach the new VM."""
+    vnc = result["vnc_display"]
+    return "\n".join(_per_host(result.get("changes") or {}) + [
+        *([result["comment"]] if result.get("comment") else []),
+        f"VM {result['name']} is on {result['home']} (its home) and its peer: IP {result['ip']}, "
+        f"MAC {result['mac']}, VNC display {vnc} (127.0.0.1:{5900 + vnc} on the host running it). "
+        f"It is stopped: `pairvm start {result['name']}` on {result['home']}.",
+    ])
+
+
+def format_findings(result):
+    """chkconfig: the pair verification's findings, one a line, then the count."""
+    return "\n".join([*result["lines"], result["summary"]])
 
 
 def format_backup(result):
@@ -210,12 +249,17 @@ def format_text(result):
 # --- running salt-call ------------------------------------------------------------------------
 
 
-def salt_argv(function, kwargs, local=True, config_dir="/etc/salt"):
-    """The salt-call argv: every argument ``key=value``, string values not YAML-parsed."""
+def _check_values(kwargs):
     for key, value in kwargs.items():
         if isinstance(value, str) and (value.startswith("-") or re.search(r"[\x00-\x1f\x7f]", value)):
             raise Usage(f"refusing {key} value {value!r} (leading '-' or a control character)")
-    strings = [k for k, v in kwargs.items() if isinstance(v, str)]
+
+
+def salt_argv(function, kwargs, local=True, config_dir="/etc/salt", no_parse=None):
+    """The salt-call argv: every argument ``key=value``, string values (or the keys
+    ``no_parse``) not YAML-parsed."""
+    _check_values(kwargs)
+    strings = no_parse if no_parse is not None else [k for k, v in kwargs.items() if isinstance(v, str)]
     return [
         "salt-call", *(["--local"] if local else []), f"--config-dir={config_dir}", "--out=json",
         "--retcode-passthrough", "--log-level=quiet",
@@ -286,6 +330,110 @@ def salt_call(function, kwargs, config_dir, progress=False, local=True):
     return proc.returncode, result
 
 
+# --- a runner of the master, through the peer runner interface -------------------------------
+
+RUNNER_TIMEOUT = 900  # seconds a job on the master may take (a create waits for DRBD on both hosts)
+POLL_INTERVAL = 1  # seconds between the asks for a job's result (each a salt-call of its own)
+MASTER_PROBE_TIMEOUT = 5
+
+
+def runner_argv(function, kwargs, config_dir="/etc/salt"):
+    """``salt-call publish.runner FUNCTION`` with every argument ``key=value`` in ``arg``; the
+    string values are listed in ``--no-parse``, which publish.runner hands on to the master."""
+    _check_values(kwargs)
+    strings = [k for k, v in kwargs.items() if isinstance(v, str)]
+    arg = json.dumps([f"{k}={v}" for k, v in kwargs.items()])
+    return salt_argv("publish.runner", {"fun": function, "arg": arg}, local=False, config_dir=config_dir,
+                     no_parse=["fun", "arg", *strings])
+
+
+def master_form(command, kwargs=None):
+    """The salt-run form on the master of a runner command: with the values of ``kwargs``, or
+    the placeholders (for help) without."""
+    options = [flag.value for flag in command.flags if flag.value]
+    if kwargs is None:
+        fields = {"home": "HOME", "media": "iso=ISO|eject=True",
+                  "options": " ".join(f"[{arg.key}={arg.shown}]" for arg in options)}
+        fields.update({arg.key: arg.shown for arg in command.args})
+    else:
+        view = _view()
+        fields = {**kwargs, "home": view.get("me" if kwargs.get("where") == "here" else "peer") or "HOST",
+                  "media": f"iso={kwargs['iso']}" if kwargs.get("iso") else "eject=True",
+                  "options": " ".join(f"{arg.key}={kwargs[arg.key]}" for arg in options if arg.key in kwargs)}
+    return re.sub(r"{(\w+)}", lambda m: str(fields.get(m.group(1), "")), command.on_master).strip()
+
+
+def _masters(config_dir):
+    """[(address, port)] of the master(s) in this minion's configuration."""
+    rc, opts = salt_call("config.items", {}, config_dir)
+    masters = opts.get("master") if rc == 0 and isinstance(opts, dict) else None
+    port = opts.get("master_port", 4506) if isinstance(opts, dict) else 4506
+    return [(master, port) for master in ([masters] if isinstance(masters, str) else masters or [])]
+
+
+def reach_master(command, kwargs, config_dir):
+    """Raise Failed, naming the salt-run form to use on the master, when no master of this
+    minion answers on its port (salt-call would wait for it without end)."""
+    tried = []
+    for address, port in _masters(config_dir):
+        try:
+            socket.create_connection((address, int(port)), timeout=MASTER_PROBE_TIMEOUT).close()
+            return
+        except OSError as exc:
+            tried.append(f"{address}:{port}: {exc.strerror or exc}")
+    raise Failed(f"the master cannot be reached ({'; '.join(tried) or 'no master configured'}); "
+                 f"nothing was done. On the master, run: {master_form(command, kwargs)}")
+
+
+def publish_runner(function, kwargs, config_dir):
+    """One ``publish.runner`` call: the runner's return, or Failed saying why there is none."""
+    argv = runner_argv(function, kwargs, config_dir)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=RUNNER_TIMEOUT)
+    except OSError as exc:
+        raise Failed(f"cannot run salt-call: {exc.strerror}") from exc
+    except subprocess.TimeoutExpired:
+        raise Failed(f"the master did not answer {function} within {RUNNER_TIMEOUT} s") from None
+    try:
+        result = json.loads(proc.stdout)["local"]
+    except (ValueError, KeyError, TypeError):
+        raise Failed(error_message("publish.runner", proc.stderr)) from None
+    if not result:  # what the master answers a minion or function its peer_run does not allow
+        raise Failed(f"the master refused {function} to this host: its peer_run setting must "
+                     f"allow it (salt-run pairvm.peer_acl write=True, then restart the master)")
+    if isinstance(result, str):  # e.g. "'pairvm.host_job' runner publish timed out"
+        raise Failed(f"{result}; on the master, see `salt-run jobs.active`")
+    if isinstance(result, dict) and "error" in result:
+        raise Failed(result["error"])
+    return result
+
+
+def runner_call(command, kwargs, config_dir):
+    """Run the command's runner on the master: it starts a job there (a peer runner must not
+    wait for the hosts itself: pairvmlib.peerjobs), whose result is asked for until it is
+    there. Returns (retcode, result) or raises Failed."""
+    reach_master(command, kwargs, config_dir)
+    started = publish_runner(command.function, kwargs, config_dir)
+    token = started.get("job") if isinstance(started, dict) else None
+    if not isinstance(token, str):
+        raise Failed(f"the master answered {command.function} without a job: {started!r}")
+    deadline = time.monotonic() + RUNNER_TIMEOUT
+    while True:
+        time.sleep(POLL_INTERVAL)
+        answer = publish_runner("pairvm.host_job", {"token": token}, config_dir)
+        if answer.get("done"):
+            result = answer["result"]
+            break
+        if time.monotonic() > deadline:
+            raise Failed(f"job {token} on the master did not end within {RUNNER_TIMEOUT} s; see "
+                         f"`salt-run jobs.active` there")
+    if isinstance(result, str):  # salt-run's own message, e.g. an exception in the runner
+        raise Failed(result)
+    if isinstance(result, dict) and "error" in result:
+        raise Failed(result["error"])
+    return (1 if isinstance(result, dict) and result.get("retcode") else 0), result
+
+
 # --- help ---------------------------------------------------------------------------------------
 
 
@@ -308,27 +456,34 @@ def description(doc):
     return plain(text)
 
 
+def _form_help(entry, docs):
+    lines = [f"usage: pairvm {entry.synopsis}"]
+    lines += [f"  {flag.name:<18} {', '.join(f'{k}={v}' for k, v in flag.sets.items())}"
+              for flag in entry.flags if flag.sets]
+    if not entry.function:
+        return [*lines, "", entry.summary]
+    if entry.runner:
+        return [*lines, "", entry.summary, "",
+                f"(Runs the runner {entry.function} on the master, through Salt's peer runner interface "
+                f"(publish.runner); on the master, `{master_form(entry)}` does the same.)"]
+    doc = docs.get(entry.function)
+    lines += ["", description(doc)] if doc else []
+    where = "through the master" if entry.master else "on this host, without the master"
+    return [*lines, "", f"(Runs {entry.function} {where}; `salt HOST {entry.function}` does the same "
+                        f"from the master.)"]
+
+
 def usage(command=None, docs=None):
     docs = docs or {}
-    if command in COMMANDS:
-        entry = COMMANDS[command]
-        lines = [f"usage: pairvm {entry.synopsis}"]
-        lines += [f"  {flag.name:<18} {', '.join(f'{k}={v}' for k, v in flag.sets.items())}"
-                  for flag in entry.flags if flag.sets]
-        if not entry.function:
-            return "\n".join([*lines, "", entry.summary])
-        doc = docs.get(entry.function)
-        lines += ["", description(doc)] if doc else []
-        where = "through the master" if entry.master else "on this host, without the master"
-        lines += ["", f"(Runs {entry.function} {where}; `salt HOST {entry.function}` does the same "
-                      f"from the master.)"]
-        return "\n".join(lines)
+    if command in FORMS:
+        return "\n\n".join("\n".join(_form_help(entry, docs)) for entry in FORMS[command])
     if command in LATER:
         return not_yet(command)
     lines = ["usage: pairvm COMMAND [ARG...]", ""]
-    for entry in COMMANDS.values():
-        text = entry.summary or summary(docs.get(entry.function))
-        lines += [f"  {entry.synopsis}", *([f"      {text}"] if text else [])]
+    for forms in FORMS.values():
+        for entry in forms:
+            text = entry.summary or summary(docs.get(entry.function))
+            lines += [f"  {entry.synopsis}", *([f"      {text}"] if text else [])]
     lines += ["", "not yet available in this version:"]
     lines += [f"  {name:<16} {what}" for name, (what, _) in LATER.items()]
     lines += ["", "`pairvm help COMMAND` explains one command."]
@@ -367,6 +522,8 @@ def local_serial(kwargs, config_dir, given):
     if "--log" in given:
         return None
     name = kwargs["name"]
+    if machines.record_bytes(name) is None:
+        raise Failed(machines.no_vm(name))
     uri = _view().get("libvirt_uri", "qemu:///system")
     print(CONSOLE_BANNER.format(name=name), flush=True)
     try:
@@ -399,7 +556,8 @@ LOCAL = {"help": local_help, "first_time_setup": local_first_time_setup, "image"
          "serial": local_serial}
 SHOW = {"changes": format_changes, "list": format_list, "check": format_check, "setup": format_setup,
         "cdrom": format_cdrom, "autostart": format_autostart, "backup": format_backup,
-        "verify": format_verify, "text": format_text}
+        "verify": format_verify, "text": format_text, "pair": format_pair, "created": format_created,
+        "findings": format_findings}
 
 
 def prepare(command, args, config_dir):
@@ -426,16 +584,20 @@ def main(argv, salt_config_dir="/etc/salt"):
     if name not in COMMANDS:
         print(f"pairvm: {unknown(name)}\n\n{usage()}", file=sys.stderr)
         return 2
-    command = COMMANDS[name]
     if "-h" in args or "--help" in args:
         print(usage(name, docstrings(salt_config_dir)))
         return 0
+    command = FORMS[name][-1]
     try:
+        command = choose(name, args)
         kwargs = prepare(command, args, salt_config_dir)
         if isinstance(kwargs, int):
             return kwargs
-        rc, result = salt_call(command.function, kwargs, salt_config_dir, progress=command.progress,
-                               local=not command.master)
+        if command.runner:
+            rc, result = runner_call(command, kwargs, salt_config_dir)
+        else:
+            rc, result = salt_call(command.function, kwargs, salt_config_dir, progress=command.progress,
+                                   local=not command.master)
     except Usage as exc:
         print(f"pairvm: {exc}\nusage: pairvm {command.synopsis}", file=sys.stderr)
         return 2

@@ -15,6 +15,11 @@ from pairvmlib import layout, names
 from pairvmlib.errors import Failed
 
 
+def no_vm(name):
+    """What every operation says of a VM this host has no record (``/machines/<name>``) of."""
+    return f"no VM {name} on this host"
+
+
 def vm_names():
     """The VMs with a record on this host, sorted."""
     directory = layout.MACHINES_DIR

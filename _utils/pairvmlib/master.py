@@ -169,6 +169,13 @@ class Master:
         return answers
 
 
+def refused(context, exc):
+    """What a runner returns when it refuses or fails: the message and a non-zero retcode
+    (salt-run exits with a returned dict's ``retcode``; ``publish.runner`` hands the dict on)."""
+    context["retcode"] = 1
+    return {"error": str(exc), "retcode": 1}
+
+
 def pair_hosts(settings):
     """The two hosts of a pair's (validated) settings, sorted."""
     return sorted(settings["pair"])

@@ -158,13 +158,14 @@ def ensure_secret(opts, pair):
 def as_pillar(saved, drbd_secret=None):
     """What the ext_pillar serves a host of the pair: pillar ``pairvm:allocations``, the
     CLI-created VMs, ``pairvm:resized`` (the disc size ``salt-run pairvm.resize`` gave a
-    pillar-defined VM) and, when given, the generated secret as
-    ``drbd_options:shared_secret``."""
+    pillar-defined VM), the CDs recorded by ``pairvm.cdrom`` (``cdroms``: {vm: {"path",
+    "pillar"}}) and, when given, the generated secret as ``drbd_options:shared_secret``."""
     vms = saved.get("vms", {})
     pairvm = {
         "allocations": {name: entry["alloc"] for name, entry in vms.items()},
         "vms": {name: entry["definition"] for name, entry in vms.items() if entry.get("definition")},
         "resized": {name: entry["disc_mib"] for name, entry in vms.items() if entry.get("disc_mib")},
+        "cdroms": {name: entry["cdrom"] for name, entry in vms.items() if entry.get("cdrom")},
     }
     if drbd_secret:
         pairvm["drbd_options"] = {"shared_secret": drbd_secret}
@@ -185,4 +186,13 @@ def record_disc(registry, name, disc_mib, pillar_mib):
         entry["disc_mib"] = disc_mib
     else:
         entry.pop("disc_mib", None)
+    return updated
+
+
+def with_cdrom(registry, name, path, pillar_cdrom):
+    """A new registry in which VM ``name``'s CD is ``path`` (None: empty), recorded with the
+    ``cdrom`` its definition had then (``pillar_cdrom``): a later change of that wins again
+    (``schema.recorded_cdrom``)."""
+    updated = copy.deepcopy(registry)
+    updated["vms"][name]["cdrom"] = {"path": path, "pillar": pillar_cdrom}
     return updated

@@ -441,6 +441,29 @@ def resized(pairvm_pillar):
 # --- the VM record (layer 2) ----------------------------------------------------------------
 
 
+def recorded_cdrom(definition, recorded):
+    """
+    ``definition`` with the CD recorded from a host or ``salt-run pairvm.cdrom``
+    (pillar ``pairvm:cdroms``: ``{"path", "pillar"}``, served from the master's
+    registry) in place of its ``cdrom``, as long as the definition's own
+    ``cdrom`` is still what it was when the CD was recorded (``pillar``):
+    whichever was changed last wins.
+
+    Example:
+
+    .. code-block:: python
+
+        schema.recorded_cdrom(definitions["web1"], pairvm.get("cdroms", {}).get("web1"))
+    """
+    if not isinstance(recorded, dict) or definition.get("cdrom") != recorded.get("pillar"):
+        return definition
+    path = recorded.get("path")
+    errors = []
+    checks.gather(errors, "cdroms: ", _optional, path, None, checks.abs_path)
+    checks.raise_all(errors)
+    return {**definition, "cdrom": path}
+
+
 def record(name, definition, alloc, settings):
     """
     Build the VM record (``/machines/<vm>``) from a normalized definition and its allocation.

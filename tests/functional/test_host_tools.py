@@ -227,5 +227,9 @@ def test_bash_completion_completes_commands_vms_and_options(completion):
     assert completion("i") == ["image"]
     assert completion("image", "w") == ["web1", "web2"]
     assert completion("list", "") == []
-    assert completion("create", "") == []  # the VM is in pillar, not yet in the machines dir
+    assert completion("create", "") == []  # a new VM: not yet in the machines dir
+    assert completion("create", "new1", "") == ["here", "there"]
+    assert completion("create", "new1", "here", "1024", "10G", "--") == ["--ip", "--vcpus"]
+    assert completion("chkconfig", "w") == ["web1", "web2"]
+    assert completion("image", "db", "trixie", "--h") == ["--hostname"]
     assert completion("nonsense", "") == []

@@ -122,7 +122,8 @@ The pair is up. Go on with:
   scripts/lab-salt hostA pairvm.stop demo1       # stop, start, cdrom, resize, ...
   scripts/lab-salt-run pairvm.create demo3 hostB 128 64M
   .venv/bin/python -m tests.lab shell hostB      # then: pairvm list; pairvm serial demo2
-  .venv/bin/python -m tests.lab shell hostA      # a shell on hostA: pairvm help
+  .venv/bin/python -m tests.lab shell hostA      # a shell on hostA: pairvm help,
+                                                 #   pairvm create demo4 here 128 64M
 Tear it down with:
   scripts/demo down
 """

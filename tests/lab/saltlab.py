@@ -5,6 +5,7 @@ and the demo (plain daemons, ``scripts/lab-salt`` to talk to them).
 """
 
 import json
+import sys
 from pathlib import Path
 
 from saltfactories.daemons.minion import SaltMinion
@@ -12,6 +13,15 @@ from saltfactories.daemons.minion import SaltMinion
 from tests.lab import namespaces
 from tests.lab.hosts import REPO, lab_environ
 from tests.lab.lab import CONTROL_IP
+
+if str(REPO / "_utils") not in sys.path:  # the formula's library: the peer runner ACL
+    sys.path.insert(0, str(REPO / "_utils"))
+from pairvmlib import peer  # noqa: E402
+
+LAB_PAIR = ("hostA", "hostB")
+# The tests' second pair: only its pillar and its place in the peer_run ACL exist (an extra
+# minion id calls publish.runner as its host; tests/integration/test_session.py).
+OTHER_PAIR = ("hostC", "hostD")
 
 # What the master's file server serves: the formula and the custom modules,
 # never pillar/ (served as a tree of symlinks, see README "Install").
@@ -37,8 +47,9 @@ def file_tree(dest):
     return dest
 
 
-def master_config(root, pillar_root=REPO / "pillar"):
-    """Master settings for the lab (root: a directory of the master's own)."""
+def master_config(root, pillar_root=REPO / "pillar", pair_hosts=LAB_PAIR):
+    """Master settings for the lab (root: a directory of the master's own). ``peer_run`` is
+    what ``salt-run pairvm.peer_acl write=True`` writes for the pairs of ``pair_hosts``."""
     return {
         "interface": CONTROL_IP,
         "file_roots": {"base": [str(file_tree(Path(root) / "srv"))]},
@@ -47,6 +58,7 @@ def master_config(root, pillar_root=REPO / "pillar"):
         "ext_pillar": [{"pairvm_registry": {}}],
         "fileserver_followsymlinks": True,
         "timeout": 30,
+        "peer_run": peer.acl(pair_hosts),
     }
 
 
@@ -71,6 +83,16 @@ TEST_PILLAR_TOP = """base:
     - match: list
     - second_pair
 """
+# A second pair's pillar (pair "two": hostC and hostD, its own pool), for tests that put it
+# into ``second_pair.sls`` while they need it.
+OTHER_PAIR_PILLAR = """pairvm:
+  pair_name: two
+  pair:
+    hostC: {admin_ip: 10.77.0.13, replication_ip: 10.78.0.13}
+    hostD: {admin_ip: 10.77.0.14, replication_ip: 10.78.0.14}
+  pool: {cidr: 10.80.0.0/24, gateway: 10.80.0.1}
+  vms: {}
+"""
 
 
 def make_test_pillar_root(root):
@@ -89,7 +111,8 @@ def make_test_pillar_root(root):
 
 def master_factory(salt_factories):
     root = salt_factories.root_dir / "master-srv"
-    config = master_config(root, pillar_root=make_test_pillar_root(root / "pillar"))
+    config = master_config(root, pillar_root=make_test_pillar_root(root / "pillar"),
+                           pair_hosts=LAB_PAIR + OTHER_PAIR)
     return salt_factories.salt_master_daemon("master", overrides=config, start_timeout=120)
 
 

@@ -36,18 +36,17 @@ def test_completion_lists_exactly_the_commands():
     assert listed == list(cli.COMMANDS)
 
 
-def test_every_command_taking_a_vm_completes_vm_names_and_its_flags():
+def test_every_command_taking_a_vm_completes_vm_names_and_the_flags_and_words_of_its_forms():
     cases = completion_cases()
-    for name, command in cli.COMMANDS.items():
-        words = command.synopsis.split()
-        if name == "create" or len(words) < 2 or words[1] != "NAME":
-            continue  # create takes a name from pillar: it is not in the machines dir yet
-        assert name in cases, f"completion does not complete VM names for {name}"
-        flags = set(re.findall(r"--[a-z-]+", command.synopsis))
-        assert cases[name][0] == flags, name
-        choices = re.search(r"\[([A-Za-z]+(?:\|[A-Za-z]+)+)\]", command.synopsis)
-        if choices:
-            assert cases[name][1] == {c for c in choices[1].split("|") if c.islower()}, name
+    for name, forms in cli.FORMS.items():
+        synopses = " ".join(form.synopsis for form in forms)
+        if all(len(form.synopsis.split()) < 2 or form.synopsis.split()[1] != "NAME" for form in forms):
+            continue
+        assert name in cases, f"completion does not complete {name}"
+        assert cases[name][0] == set(re.findall(r"--[a-z-]+", synopses)), name
+        choices = [c for c in re.findall(r"\w+(?:\|\w+)+", synopses) if not c.startswith("NAME|")]
+        assert cases[name][1] == {word for c in choices for word in c.split("|") if word.islower()}, name
+    assert "vms=yes" not in TEXT.split("create)")[1].split(";;")[0]  # a new VM is not in /machines yet
 
 
 def test_no_jinja_comment_opener_in_the_bash_text():

@@ -16,7 +16,11 @@ def test_pillar_example_is_valid_and_documents_every_vm_key():
 
 def test_pillar_example_image_catalogue_and_guest_keys_are_valid():
     pairvm = yaml.safe_load((REPO / "pillar.example").read_text())["pairvm"]
-    assert set(images.catalogue(pairvm)) == {"bookworm", "rescue"}
+    catalogue = images.catalogue(pairvm)
+    assert set(catalogue) == set(defaults.IMAGES) - {"jammy"} | {"trixie-local", "rescue"}
+    assert catalogue["bookworm"]["sha256"] and not catalogue["bookworm"]["checksums"]
+    assert catalogue["trixie-local"]["checksums"].endswith("/trixie/latest/SHA512SUMS")
+    assert images.guest_hostname("web1", None, pairvm) == "web1.example.org"
     assert len(images.guest_ssh_keys(pairvm)) == 1
 
 

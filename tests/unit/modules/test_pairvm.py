@@ -1,7 +1,9 @@
 """_modules/pairvm.py (the VM lifecycle) against the fake host: create, destroy, start, stop,
 suppress, autostart; and the names every pairvm function checks first."""
 
+import copy
 import json
+import re
 import stat
 import xml.etree.ElementTree as ET
 
@@ -370,6 +372,8 @@ def test_destroy_with_force_removes_everything_in_order(host):
     assert (host.machines / "vm2").exists() and (host.drbd_dir / "vm2.res").exists()
     host.new_job()
     assert pairvm.destroy("vm1", confirm=True)["changes"] == []
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
+        pairvm.destroy("vm1", confirm=True, missing_ok=False)
 
 
 def test_destroy_removes_the_vms_snapshots_with_it_and_says_so(host):
@@ -562,6 +566,33 @@ def test_a_steady_state_apply_asks_libvirt_once_whatever_the_number_of_vms(host)
     host.domains["vm2"].active = True
     host.drbd["vm2"] = drbd_state(role="Primary")
     assert pairvm.stop("vm2")["changes"] == ["virsh destroy vm2", "drbdadm secondary vm2"]
+def test_stop_of_a_vm_unknown_here_says_so_and_nothing_else(host):
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
+        pairvm.stop("vm1")
+    assert host.actions() == []
+
+
+def test_start_refuses_a_cd_missing_on_this_host_before_promoting(host, tmp_path):
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = str(tmp_path / "gone.iso")
+    host.install("vm1", drbd=drbd_state())
+    with pytest.raises(CommandExecutionError, match=re.escape(
+            f"cdrom: {tmp_path}/gone.iso does not exist on hostA: VM vm1 boots with it; copy it there, "
+            f"or eject it (pairvm cdrom vm1 eject)")):
+        pairvm.start("vm1")
+    assert host.actions() == [] and host.defined == []
+
+
+def test_a_recorded_cd_wins_over_pillars_until_pillar_changes_its_own(host, tmp_path):
+    def refreshed(vm_cdrom, recorded):  # a pillar refresh gives the job a new pillar object
+        pairvm_pillar = copy.deepcopy(host.pillar["pairvm"])
+        pairvm_pillar["vms"]["vm1"]["cdrom"] = vm_cdrom
+        pairvm_pillar["cdroms"] = {"vm1": {"path": recorded, "pillar": None}}
+        host.pillar["pairvm"] = pairvm_pillar
+        return pairvm.pillar_record("vm1")["cdrom"]
+
+    assert refreshed(None, "/srv/a.iso") == "/srv/a.iso"
+    assert refreshed(None, None) is None  # ejected
+    assert refreshed("/srv/b.iso", None) == "/srv/b.iso"  # pillar changed since: it wins
 
 
 def test_stop_demotes_a_primary_left_without_a_vm(host):
@@ -625,7 +656,7 @@ def test_suppress_with_test_lists_without_acting(host):
 
 
 def test_suppress_of_a_vm_not_defined_here_is_refused(host):
-    with pytest.raises(CommandExecutionError, match="not defined on this host"):
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
         pairvm.suppress("vm1")
     assert not host.suppress_dir.exists()
 

@@ -1,5 +1,7 @@
 """_modules/pairvm_console.py against the fake host: cdrom, serial, monitor, print_ssh_forwards."""
 
+import os
+import re
 import xml.etree.ElementTree as ET
 from unittest import mock
 
@@ -72,7 +74,8 @@ def test_cdrom_with_test_lists_the_change_and_makes_none(host, iso):
 def test_cdrom_ejects_and_an_unchanged_cd_is_left_alone(host, iso):
     record = host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
     host.domains["vm1"].xml = render.domain_xml({**record, "cdrom": iso}, str(host.serial_dir))
-    assert pairvm.cdrom("vm1") == {"name": "vm1", "cdrom": iso, "changes": [], "comment": ""}
+    assert pairvm.cdrom("vm1") == {"name": "vm1", "cdrom": iso, "recorded": None, "running": True,
+                                   "changes": [], "comment": ""}
     assert pairvm.cdrom("vm1", iso=iso)["changes"] == []
     assert host.domains["vm1"].device_updates == []
     ret = pairvm.cdrom("vm1", eject=True)
@@ -82,6 +85,61 @@ def test_cdrom_ejects_and_an_unchanged_cd_is_left_alone(host, iso):
     disk = ET.fromstring(xml)
     assert disk.get("device") == "cdrom" and disk.find("source") is None
     assert disk.find("target").get("dev") == "hdc"
+
+
+def test_a_live_change_the_record_does_not_hold_lasts_until_the_vm_stops(host, iso):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    ret = pairvm.cdrom("vm1", iso=iso)
+    assert ret["comment"] == (f"VM vm1's CD is {iso} until it stops (its record says no CD: "
+                              f"record it with salt-run pairvm.cdrom)")
+    assert ret["recorded"] is None
+
+
+def test_a_stopped_vm_shows_the_cd_its_next_start_attaches(host, iso):
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = iso
+    host.install("vm1", drbd=drbd_state(), domain="defined")
+    assert pairvm.cdrom("vm1") == {"name": "vm1", "cdrom": iso, "recorded": iso, "running": False,
+                                   "changes": [], "comment": ""}
+    seed = host.root / "seeds" / "vm1.iso"
+    seed.parent.mkdir(exist_ok=True)
+    seed.write_bytes(b"seed")
+    assert pairvm.cdrom("vm1")["cdrom"] == str(seed)
+
+
+def test_a_stopped_vm_takes_only_the_cd_of_its_record_and_says_where_to_record_one(host, iso):
+    host.install("vm1", drbd=drbd_state(), domain="defined")
+    before = host.snapshot()
+    with pytest.raises(CommandExecutionError, match=re.escape(
+            "VM vm1 is not running on hostA: the CD of its next start is recorded on both hosts, through "
+            f"the master: `pairvm cdrom vm1 {iso}` on a host, or `salt-run pairvm.cdrom vm1 iso={iso}`")):
+        pairvm.cdrom("vm1", iso=iso)
+    assert host.snapshot() == before and host.actions() == []
+    ret = pairvm.cdrom("vm1", eject=True)  # the record holds no CD: nothing to do
+    assert ret["changes"] == [] and ret["comment"] == "VM vm1's CD is already empty"
+
+
+def test_changing_the_cd_deletes_the_seed_of_image_on_a_stopped_vm_too(host, iso):
+    host.pillar["pairvm"]["vms"]["vm1"]["cdrom"] = iso  # as salt-run pairvm.cdrom recorded it
+    host.install("vm1", drbd=drbd_state(), domain="defined")
+    seed = host.root / "seeds" / "vm1.iso"
+    seed.parent.mkdir(exist_ok=True)
+    seed.write_bytes(b"seed")
+    assert pairvm.cdrom("vm1", iso=iso, test=True)["changes"] == [f"rm {seed}"] and seed.exists()
+    ret = pairvm.cdrom("vm1", iso=iso)
+    assert ret["changes"] == [f"rm {seed}"] and not seed.exists() and ret["cdrom"] == iso
+    assert host.domains["vm1"].device_updates == []
+
+
+def test_cdrom_refuses_a_directory_an_unreadable_file_and_iso_with_eject(host, iso, monkeypatch):
+    host.install("vm1", drbd=drbd_state(role="Primary"), domain="running")
+    with pytest.raises(CommandExecutionError, match="is not a regular file on hostA"):
+        pairvm.cdrom("vm1", iso=os.path.dirname(iso))
+    with pytest.raises(CommandExecutionError, match="give iso or eject=True, not both"):
+        pairvm.cdrom("vm1", iso=iso, eject=True)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(CommandExecutionError, match=f"{re.escape(iso)} cannot be read on hostA"):
+        pairvm.cdrom("vm1", iso=iso)
+    assert host.actions() == [] and host.domains["vm1"].device_updates == []
 
 
 def test_cdrom_path_with_quotes_stays_one_xml_attribute(host, tmp_path):
@@ -111,7 +169,7 @@ def test_serial_without_a_log_says_so(host):
 
 
 def test_serial_of_a_vm_not_defined_here_is_refused(host):
-    with pytest.raises(CommandExecutionError, match="vm1 is not defined on this host"):
+    with pytest.raises(CommandExecutionError, match="^no VM vm1 on this host$"):
         pairvm.serial("vm1")
 
 

@@ -33,6 +33,7 @@ def imaging(host, tmp_path, monkeypatch):
         "small": {"source": str(src), "format": "raw", "sha256": hashlib.sha256(data).hexdigest()},
         "wrong": {"source": str(src), "format": "raw", "sha256": SHA},
     }
+    host.pillar["pairvm"]["default_images"] = False  # only the test's entries
     host.pillar["pairvm"]["guest_ssh_keys"] = ["ssh-ed25519 AAAAkey admin"]
     host.install("vm1", drbd=drbd_state())
     device = tmp_path / "drbd0"
@@ -112,7 +113,8 @@ def no_change(host, imaging, call, why):
 
 @pytest.mark.parametrize("args, why", [
     (("vm1", "nosuch", "vm1.example.org", HASH), r"unknown image 'nosuch'; known images: small, wrong"),
-    (("vm1", "small", "vm1", HASH), "not a fully qualified domain name"),
+    (("vm1", "small", "vm_1", HASH), "'vm_1' is not a valid host name"),
+    (("vm1", "small", None, None), "not a SHA-512 crypt hash"),
     (("vm1", "small", "vm1.example.org", "$1$x$y"), "not a SHA-512 crypt hash"),
     (("vm1", "wrong", "vm1.example.org", HASH), "the catalogue says aaaa.*nothing was written"),
     (("vm1", "small", "vm1.example.org", HASH, "relative.sh"), "not an absolute path"),
@@ -252,3 +254,99 @@ def test_a_new_image_replaces_the_seed_and_a_refused_one_keeps_it(host, imaging)
     result = pairvm.image("vm1", "small", "vm2.example.org", HASH)
     assert f"rm {imaging['seed']} (the seed of the previous image)" in result["changes"]
     assert "vm2.example.org" in iso_member(imaging["seed"], "meta-data")
+
+
+def test_the_guest_is_named_after_the_vm_with_the_pillar_domain_by_default(host, imaging):
+    pairvm.image("vm1", "small", password=HASH)
+    assert "local-hostname: vm1\n" in iso_member(imaging["seed"], "meta-data")
+    host.new_job()
+    host.pillar["pairvm"]["guest_domain"] = "example.org"
+    result = pairvm.image("vm1", "small", password=HASH)
+    assert "local-hostname: vm1.example.org\n" in iso_member(imaging["seed"], "meta-data")
+    assert result["comment"].endswith("as hostname vm1.example.org")
+
+
+# --- a distribution's checksum file beside the image (the default catalogue's way) ----------------
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    files, requests = {}, []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        MirrorHandler.requests.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(host, imaging):
+    """A mirror laid out like cloud.debian.org on loopback: the default catalogue points at it."""
+    good, tampered = b"DEBIAN-13" * 40000, b"DEBIAN-13" * 39999 + b"TAMPERED!"
+    sums = "".join(f"{hashlib.sha512(body).hexdigest()}  {name}\n"
+                   for name, body in (("debian-13-generic-amd64.raw", good), ("evil.raw", good)))
+    MirrorHandler.files = {"/d/trixie/latest/debian-13-generic-amd64.raw": good,
+                           "/d/trixie/latest/SHA512SUMS": sums.encode(),
+                           "/d/trixie/latest/evil.raw": tampered,
+                           "/d/trixie/latest/unlisted.raw": good}
+    MirrorHandler.requests = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MirrorHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    host.pillar["pairvm"].update(default_images=True, image_mirrors={
+        "debian": f"http://127.0.0.1:{httpd.server_address[1]}/d"})
+    host.pillar["pairvm"]["images"].update({
+        "trixie": {"path": "trixie/latest/debian-13-generic-amd64.raw", "format": "raw"},
+        "evil": {"mirror": "debian", "path": "trixie/latest/evil.raw", "format": "raw",
+                 "checksums": "SHA512SUMS"},
+        "unlisted": {"mirror": "debian", "path": "trixie/latest/unlisted.raw", "format": "raw",
+                     "checksums": "SHA512SUMS"}})
+    yield {"good": good, "sha512": hashlib.sha512(good).hexdigest()}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_default_image_is_checked_against_the_checksum_file_beside_it(host, imaging, mirror):
+    result = pairvm.image("vm1", "trixie", password=HASH)
+    cache = Path(layout.IMAGE_CACHE_DIR)
+    assert (cache / mirror["sha512"]).read_bytes() == mirror["good"]
+    assert imaging["device"].read_bytes()[: len(mirror["good"])] == mirror["good"]
+    assert f"sha512sum {cache / mirror['sha512']}.part (expect {mirror['sha512']}), then rename it to " \
+           f"{cache / mirror['sha512']}" in result["changes"]
+    assert MirrorHandler.requests == ["/d/trixie/latest/SHA512SUMS",
+                                      "/d/trixie/latest/debian-13-generic-amd64.raw"]
+
+
+def test_a_tampered_image_is_refused_and_nothing_is_written(host, imaging, mirror):
+    message = no_change(host, imaging, lambda: pairvm.image("vm1", "evil", password=HASH),
+                        "sha512 of the download is .*/SHA512SUMS says .*nothing was written")
+    assert "tampered" in message
+    assert list(Path(layout.IMAGE_CACHE_DIR).iterdir()) == []
+
+
+def test_an_image_its_checksum_file_does_not_list_is_refused_before_downloading(host, imaging, mirror):
+    no_change(host, imaging, lambda: pairvm.image("vm1", "unlisted", password=HASH),
+              "SHA512SUMS does not list unlisted.raw: nothing was written")
+    assert MirrorHandler.requests == ["/d/trixie/latest/SHA512SUMS"]
+
+
+def test_a_checksum_file_that_cannot_be_fetched_is_named(host, imaging, mirror):
+    del MirrorHandler.files["/d/trixie/latest/SHA512SUMS"]
+    no_change(host, imaging, lambda: pairvm.image("vm1", "trixie", password=HASH),
+              "cannot fetch the checksum file http://127.0.0.1:[0-9]+/d/trixie/latest/SHA512SUMS: HTTP 404")
+
+
+def test_a_local_image_may_have_its_checksum_file_beside_it_too(host, imaging):
+    sums = imaging["src"].parent / "SHA256SUMS"
+    sums.write_text(f"{hashlib.sha256(imaging['data']).hexdigest()} *small.raw\n")
+    host.pillar["pairvm"]["images"]["small"] = {"source": str(imaging["src"]), "format": "raw",
+                                                "checksums": "SHA256SUMS"}
+    result = pairvm.image("vm1", "small", password=HASH)
+    assert result["changes"][0].startswith(f"sha256sum {imaging['src']} (expect ")

@@ -99,6 +99,7 @@ class Master:
             pairvm["vms"] = {**pairvm.get("vms", {}), **ext["pairvm"]["vms"]}
             pairvm["allocations"] = ext["pairvm"]["allocations"]
             pairvm["resized"] = ext["pairvm"]["resized"]
+            pairvm["cdroms"] = ext["pairvm"]["cdroms"]
             pairvm.setdefault("drbd_options", {}).update(ext["pairvm"].get("drbd_options", {}))
         return {"pairvm": pairvm}
 
@@ -257,6 +258,7 @@ def test_create_registers_then_creates_on_the_peer_then_the_home_and_waits_for_d
     assert ret["name"] == "web" and ret["home"] == "hostA" and ret["drbd"]["connection"] == "Connected"
     assert ret["pair"] == "default"
     assert set(ret["changes"]) == {"hostA", "hostB"}
+    assert (ret["ip"], ret["mac"], ret["vnc_display"]) == ("10.79.0.7", "52:54:00:00:00:03", 3)
     # what the hosts saw when they refreshed: the VM, with its allocation, valid for pillar_record
     for minion in ("hostA", "hostB"):
         seen = allocated.seen_at_refresh[minion]

@@ -94,7 +94,8 @@ def test_each_vm_goes_to_the_host_not_running_it_and_both_hosts_run_at_once(clie
     # both hosts were asked at once, and both backups started before either return was waited for
     assert [(step, fun) for step, _host, fun in client.log] == [
         ("ping", "test.ping"), ("publish", "pairvm.list"), ("publish", "pairvm.list"),
-        ("gather", "pairvm.list"), ("gather", "pairvm.list"), ("publish", "pairvm.backup"), ("publish", "pairvm.backup"),
+        ("gather", "pairvm.list"), ("gather", "pairvm.list"),
+        ("publish", "pairvm.backup"), ("publish", "pairvm.backup"),
         ("gather", "pairvm.backup"), ("gather", "pairvm.backup")]
     assert ret["result"] is True and "retcode" not in ret and runner.__context__ == {}
     assert {vm: (r["host"], r["result"]) for vm, r in ret["vms"].items()} == {

@@ -28,7 +28,7 @@ OLD_COMMANDS = (
     "first_time_setup help create destroy start stop list cdrom image serial backup resize swap "
     "swaplive split_brain_victim autostart suppress monitor graphite_stats print_ssh_forwards chkconfig"
 ).split()
-NOT_YET = ("swap", "swaplive", "graphite_stats", "chkconfig")
+NOT_YET = ("swap", "swaplive", "graphite_stats")
 
 
 DOCS = {f"pairvm.{name}": func.__doc__ for name, func in vars(PAIRVM).items()}
@@ -36,12 +36,18 @@ DOCS = {f"pairvm.{name}": func.__doc__ for name, func in vars(PAIRVM).items()}
 
 @pytest.fixture(autouse=True)
 def no_host_view(tmp_path, monkeypatch):
-    """This machine's own /machines is never read: an empty one of the test's."""
-    monkeypatch.setattr(layout, "MACHINES_DIR", str(tmp_path / "machines"))
+    """This machine's own /machines is never read: one of the test's, with the records of
+    vm1 and vm2 only."""
+    machines = tmp_path / "machines"
+    machines.mkdir()
+    for name in ("vm1", "vm2"):
+        (machines / name).write_text("name: " + name + "\n")
+    monkeypatch.setattr(layout, "MACHINES_DIR", str(machines))
 
 
 PLAINTEXT = "correct horse battery staple"
 HASH = crypt.crypt(PLAINTEXT, crypt.mksalt(crypt.METHOD_SHA512))
+TOKEN = "0123456789abcdef" * 2
 
 
 class Replaced(Exception):
@@ -54,11 +60,23 @@ def salt(monkeypatch):
 
     class Fake:
         result, stdout, stderr, rc = {"name": "vm1", "changes": [], "comment": ""}, None, "", 0
-        calls, kwargs, execs = [], [], []
+        calls, kwargs, execs, polls, pending = [], [], [], [], 0
+        config = {"master": "salt.example.net", "master_port": 4506}
+        start = {"job": TOKEN, "comment": "started"}
 
         def run(self, argv, **kwargs):
             if argv[argv.index("--") + 1] == "sys.doc":  # help: the real functions' docstrings
                 return subprocess.CompletedProcess(argv, 0, json.dumps({"local": DOCS}), "")
+            if argv[argv.index("--") + 1] == "config.items":  # the master's address, for runners
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"local": self.config}), "")
+            if "fun=pairvm.host_job" in argv:  # asks for a job's result: done after `pending` asks
+                self.polls.append(argv)
+                done = len(self.polls) > self.pending
+                answer = {"done": True, "result": self.result} if done else {"done": False}
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"local": answer}), "")
+            if argv[argv.index("--") + 1] == "publish.runner":  # a host_* runner starts a job
+                self.calls.append(argv)
+                return subprocess.CompletedProcess(argv, 0, json.dumps({"local": self.start}), "")
             self.calls.append(argv)
             self.kwargs.append(kwargs)
             stdout = self.stdout if self.stdout is not None else json.dumps({"local": self.result})
@@ -89,9 +107,9 @@ def call_of(argv):
     (["list", "name,ip"], "pairvm.list", ["fields=name,ip"]),
     (["check_system"], "pairvm.check_system", []),
     (["create", "vm1"], "pairvm.create", ["name=vm1"]),
-    (["destroy", "vm1", "--yes-really"], "pairvm.destroy", ["name=vm1", "confirm=True"]),
+    (["destroy", "vm1", "--yes-really"], "pairvm.destroy", ["name=vm1", "confirm=True", "missing_ok=False"]),
     (["destroy", "--force", "vm1", "--yes-really"], "pairvm.destroy",
-     ["name=vm1", "confirm=True", "force=True"]),
+     ["name=vm1", "confirm=True", "missing_ok=False", "force=True"]),
     (["start", "vm1"], "pairvm.start", ["name=vm1"]),
     (["start", "vm1", "--away"], "pairvm.start", ["name=vm1", "away=True"]),
     (["start", "vm1", "--disconnected", "--away"], "pairvm.start",
@@ -100,8 +118,6 @@ def call_of(argv):
     (["stop", "vm1", "--graceful"], "pairvm.stop", ["name=vm1", "graceful=True"]),
     (["stop", "vm1", "--graceful", "30"], "pairvm.stop", ["name=vm1", "timeout=30", "graceful=True"]),
     (["cdrom", "vm1"], "pairvm.cdrom", ["name=vm1"]),
-    (["cdrom", "vm1", "/srv/iso/debian.iso"], "pairvm.cdrom", ["name=vm1", "iso=/srv/iso/debian.iso"]),
-    (["cdrom", "vm1", "eject"], "pairvm.cdrom", ["name=vm1", "eject=True"]),
     (["serial", "vm1", "--log"], "pairvm.serial", ["name=vm1"]),
     (["serial", "vm1", "--log", "20"], "pairvm.serial", ["name=vm1", "lines=20"]),
     (["resize", "vm1", "20G"], "pairvm.resize", ["name=vm1", "size=20G"]),
@@ -136,7 +152,6 @@ def test_the_whole_argv_is_a_list_for_salt_call_local_with_json_out(salt):
 
 @pytest.mark.parametrize(("argv", "strings"), [
     (["create", "vm1"], ["name"]),
-    (["cdrom", "vm1", "/i.iso"], ["name", "iso"]),
     (["resize", "vm1", "2G"], ["name", "size"]),
     (["monitor", "vm1", "info status"], ["name", "command"]),
     (["list", "name"], ["fields"]),
@@ -161,7 +176,6 @@ def test_every_user_string_is_listed_in_no_parse_and_nothing_else(salt, argv, st
     (["monitor", "vm1", "{a: 1}"], {"name": "vm1", "command": "{a: 1}"}),
     (["monitor", "vm1", "info # x"], {"name": "vm1", "command": "info # x"}),
     (["resize", "vm1", "1_000"], {"name": "vm1", "size": "1_000"}),
-    (["cdrom", "vm1", "/iso/a=b #1.iso"], {"name": "vm1", "iso": "/iso/a=b #1.iso"}),
     # What the script itself builds is typed.
     (["stop", "vm1", "--graceful", "30"], {"name": "vm1", "graceful": True, "timeout": 30}),
     (["suppress", "vm1", "off"], {"name": "vm1", "on": False}),
@@ -175,10 +189,6 @@ def test_salt_decodes_the_argv_to_exactly_the_intended_kwargs(salt, argv, expect
     assert kwargs == expected
 
 
-def test_a_relative_iso_path_becomes_absolute(salt, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    hostcmd.main(["cdrom", "vm1", "debian.iso"])
-    assert call_of(salt.calls[0])[1] == ["name=vm1", f"iso={tmp_path}/debian.iso"]
 
 
 # --- refused before anything runs -----------------------------------------------------------
@@ -197,6 +207,15 @@ def test_a_relative_iso_path_becomes_absolute(salt, monkeypatch, tmp_path):
     ["stop", "vm1", "--graceful", "-5"], ["stop", "vm1", "--graceful", "99999999"],
     ["stop", "vm1", "--graceful", "²"], ["stop", "vm1", "--graceful", "3", "4"],
     ["cdrom", "vm1", "-x.iso"], ["cdrom", "vm1", "--eject"], ["cdrom", "vm1", "a.iso", "b.iso"],
+    ["cdrom", "vm1", "/nonexistent/x.iso"], ["cdrom", "vm1", "/"],
+    ["create", "vm1", "here"], ["create", "vm1", "where", "1024", "10G"],
+    ["create", "vm1", "here", "1G", "10G"],
+    ["create", "vm1", "here", "0", "10G"], ["create", "vm1", "here", "1024", "10X"],
+    ["create", "vm1", "here", "1024", "1M"], ["create", "vm1", "here", "1024", "10G", "--ip", "10.0.0"],
+    ["create", "vm1", "here", "1024", "10G", "--vcpus", "65"],
+    ["create", "vm1", "here", "1024", "10G", "--ip"],
+    ["create", "vm1", "here", "1024", "10G", "x"], ["create", "Vm1", "here", "1024", "10G"],
+    ["chkconfig", "vm1", "vm2"], ["chkconfig", "x;y"],
     ["resize", "vm1"], ["resize", "vm1", "-5G"], ["resize", "vm1", "20G\nforce=True"],
     ["resize", "vm1", "20G\x00"],
     ["suppress", "vm1", "maybe"], ["suppress", "vm1", "True"],
@@ -208,6 +227,7 @@ def test_a_relative_iso_path_becomes_absolute(salt, monkeypatch, tmp_path):
     ["check_system", "vm1"], ["autostart", "vm1"], ["print_ssh_forwards", "x"],
     ["first_time_setup", "now"], ["help", "frobnicate"], ["help", "a", "b"],
     [], ["frobnicate"], ["--local"], *([c, "vm1"] for c in NOT_YET),
+    ["image", "vm1", "d", "-", "--firstboot", "/nonexistent/script"], ["image", "vm1", "d", "--hostname"],
 ])
 def test_bad_arguments_exit_2_before_anything_runs(salt, capsys, argv):
     assert hostcmd.main(argv) == 2
@@ -421,12 +441,12 @@ def test_no_changes_says_nothing_to_do(salt, capsys):
 
 
 def test_cdrom_shows_the_image_or_none(salt, capsys):
-    salt.result = {"name": "vm1", "cdrom": "/srv/iso/d.iso", "changes": []}
+    salt.result = {"name": "vm1", "cdrom": "/srv/iso/d.iso", "changes": [], "running": True}
     assert hostcmd.main(["cdrom", "vm1"]) == 0
     assert capsys.readouterr().out == "vm1: cdrom /srv/iso/d.iso\n"
-    salt.result = {"name": "vm1", "cdrom": None, "changes": ["virsh change-media vm1 hdc --eject"]}
-    assert hostcmd.main(["cdrom", "vm1", "eject"]) == 0
-    assert capsys.readouterr().out == "  virsh change-media vm1 hdc --eject\nvm1: no cdrom\n"
+    salt.result = {"name": "vm1", "cdrom": None, "changes": [], "running": False}
+    assert hostcmd.main(["cdrom", "vm1"]) == 0
+    assert capsys.readouterr().out == "vm1: no cdrom (at its next start)\n"
 
 
 def test_autostart_reports_each_vm(salt, capsys):
@@ -534,7 +554,6 @@ def test_first_time_setup_takes_the_minion_id_from_the_view_or_says_host(salt, c
     salt.result = READY
     (minion_dir / "minion_id").unlink()
     machines = layout.MACHINES_DIR
-    os.makedirs(machines)
     with open(f"{machines}/_global", "w") as fh:
         json.dump({"me": "hostQ"}, fh)
     hostcmd.main(["first_time_setup"], salt_config_dir=str(minion_dir))
@@ -632,10 +651,13 @@ def build_image(args):
     return "pairvm.image", hostcmd.prepare(commands.COMMANDS["image"], args, "/etc/salt")
 
 
-def test_host_command_reads_the_password_from_stdin_and_passes_only_a_hash(monkeypatch, capsys):
+def test_host_command_reads_the_password_from_stdin_and_passes_only_a_hash(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(hostcmd.sys, "stdin", Stdin(PLAINTEXT + "\n"))
-    function, kwargs = build_image(["vm1", "bookworm", "vm1.example.org", "-", "setup.sh"])
-    assert function == "pairvm.image" and kwargs["firstboot"].endswith("/setup.sh")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "setup.sh").write_text("#!/bin/sh\n")
+    function, kwargs = build_image(["vm1", "bookworm", "-", "--firstboot", "setup.sh"])
+    assert function == "pairvm.image" and kwargs["firstboot"] == f"{tmp_path}/setup.sh"
+    assert "hostname" not in kwargs  # the VM's name, by default (pairvm.image)
     assert crypt.crypt(PLAINTEXT, kwargs["password"]) == kwargs["password"]
     argv = hostcmd.salt_argv(function, kwargs, local=False)
     assert "--local" not in argv and PLAINTEXT not in " ".join(argv)
@@ -647,14 +669,14 @@ def test_host_command_prompts_on_a_terminal(monkeypatch):
     monkeypatch.setattr(hostcmd.sys, "stdin", Stdin("", tty=True))
     answers = iter([PLAINTEXT, PLAINTEXT])
     monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
-    _, kwargs = build_image(["vm1", "bookworm", "vm1.example.org"])
+    _, kwargs = build_image(["vm1", "bookworm"])
     assert crypt.crypt(PLAINTEXT, kwargs["password"]) == kwargs["password"]
 
 
 def test_host_command_warns_about_a_plaintext_argument_and_takes_a_hash_as_it_is(capsys):
-    _, kwargs = build_image(["vm1", "bookworm", "vm1.example.org", PLAINTEXT])
+    _, kwargs = build_image(["vm1", "bookworm", PLAINTEXT])
     assert kwargs["password"].startswith("$6$") and "process list" in capsys.readouterr().err
-    _, kwargs = build_image(["vm1", "bookworm", "vm1.example.org", HASH])
+    _, kwargs = build_image(["vm1", "bookworm", HASH])
     assert kwargs["password"] == HASH and capsys.readouterr().err == ""
 
 
@@ -665,11 +687,13 @@ def test_host_command_hashes_with_openssl_without_crypt(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, why", [
-    (["vm1", "bookworm"], "missing HOSTNAME"),
     (["vm1"], "missing DIST"),
-    (["vm1", "d", "h.org", "-", "f", "x"], "unexpected argument 'x'"),
-    (["vm1", "--now", "d", "h.org"], "unknown option '--now'"),
-    (["Bad", "d", "h.org", HASH], "invalid VM name"),
+    (["vm1", "d", "-", "x"], "unexpected argument 'x'"),
+    (["vm1", "d", "h.org", "-"], "unexpected argument '-'"),
+    (["vm1", "--now", "d"], "unknown option '--now'"),
+    (["Bad", "d", HASH], "invalid VM name"),
+    (["vm1", "d", HASH, "--hostname"], "--hostname needs a value"),
+    (["vm1", "d", HASH, "--firstboot", "/nonexistent"], "/nonexistent does not exist"),
 ])
 def test_host_command_usage_errors(argv, why):
     with pytest.raises(commands.Usage, match=why):
@@ -685,8 +709,9 @@ def test_host_command_runs_image_with_progress(monkeypatch, capsys):
             "name": "vm1", "changes": ["copy x -> /dev/drbd0 (raw)"], "comment": "done"}}), "")
 
     monkeypatch.setattr(hostcmd, "run_showing_progress", fake)
-    assert hostcmd.main(["image", "vm1", "bookworm", "vm1.example.org", HASH]) == 0
-    assert calls and "pairvm.image" in calls[0]
+    assert hostcmd.main(["image", "vm1", "bookworm", HASH, "--hostname=vm1.example.org"]) == 0
+    assert calls and call_of(calls[0])[:2] == ("pairvm.image", [
+        "name=vm1", "dist=bookworm", f"password={HASH}", "hostname=vm1.example.org"])
     assert "copy x" in capsys.readouterr().out
 
 
@@ -699,3 +724,175 @@ def test_host_command_shows_progress_lines_and_keeps_the_rest():
     rest = hostcmd.show_progress(stream, out=out)
     assert out.getvalue() == "backup vm1: 1 B\nbackup vm1: 2 B\n"
     assert rest == "warning: x\n"
+
+
+# --- commands that run a runner on the master (publish.runner) ---------------------------------
+
+
+@pytest.fixture
+def master(salt, monkeypatch):
+    """The master's port answers (or not: ``master.down = True``); ``master.probed`` lists
+    the addresses tried."""
+
+    class Probe:
+        down, probed = False, []
+
+        def connect(self, address, timeout=None):
+            self.probed.append(address)
+            if self.down:
+                raise ConnectionRefusedError(111, "Connection refused")
+            return io.BytesIO()
+
+    probe = Probe()
+    monkeypatch.setattr(hostcmd.socket, "create_connection", probe.connect)
+    monkeypatch.setattr(hostcmd.time, "sleep", lambda seconds: None)
+    return probe
+
+
+def runner_kwargs(argv):
+    """What the runner on the master receives: the argv decoded as salt-call, publish.runner and
+    the master's minion_runner decode it (Salt's own functions)."""
+    from salt.modules.publish import _parse_args
+
+    function, args, no_parse = call_of(argv)
+    assert function == "publish.runner" and "--local" not in argv
+    _, outer = parse_input(args, condition=False, no_parse=no_parse)
+    inner, kwargs = parse_input(_parse_args(outer["arg"]), condition=False, no_parse=no_parse)
+    assert inner == []
+    return outer["fun"], kwargs
+
+
+CREATED = {"name": "vm1", "home": "hostA",
+           "changes": {"hostA": {"changes": ["lvcreate -n vm1 here -L 10240M"]}, "hostB": {"changes": []}},
+           "drbd": {}, "ip": "10.79.0.5", "mac": "52:54:00:00:00:05", "vnc_display": 3}
+
+
+@pytest.mark.parametrize(("argv", "fun", "kwargs"), [
+    (["create", "vm1", "here", "1024", "10G"], "pairvm.host_create",
+     {"name": "vm1", "where": "here", "memory": 1024, "disc": "10G"}),
+    (["create", "no", "there", "512", "1.5G", "--vcpus", "2", "--ip=10.79.0.50"], "pairvm.host_create",
+     {"name": "no", "where": "there", "memory": 512, "disc": "1.5G", "vcpus": 2, "ip": "10.79.0.50"}),
+    (["cdrom", "vm1", "eject"], "pairvm.host_cdrom", {"name": "vm1", "eject": True}),
+    (["chkconfig"], "pairvm.host_chkconfig", {}),
+    (["chkconfig", "null"], "pairvm.host_chkconfig", {"name": "null"}),
+])
+def test_runner_commands_reach_the_master_with_exactly_the_intended_kwargs(salt, master, argv, fun, kwargs):
+    salt.result = {**CREATED, "cdrom": None, "lines": [], "summary": "0 errors, 0 warnings", "comment": "ok"}
+    salt.pending = 2  # the job runs a while: asked for three times
+    assert hostcmd.main(argv) == 0
+    (called,) = salt.calls
+    assert runner_kwargs(called) == (fun, kwargs)
+    assert [runner_kwargs(poll) for poll in salt.polls] == [("pairvm.host_job", {"token": TOKEN})] * 3
+    assert master.probed == [("salt.example.net", 4506)]
+
+
+def test_an_iso_is_a_readable_file_here_given_relative_to_where_the_operator_is(
+        salt, master, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a=b #1.iso").write_bytes(b"CD001")
+    salt.result = {"name": "vm1", "cdrom": f"{tmp_path}/a=b #1.iso", "comment": "done",
+                   "changes": {"hostA": ["write /machines/vm1"], "hostB": ["write /machines/vm1"]}}
+    assert hostcmd.main(["cdrom", "vm1", "a=b #1.iso"]) == 0
+    assert runner_kwargs(salt.calls[0]) == ("pairvm.host_cdrom",
+                                            {"name": "vm1", "iso": f"{tmp_path}/a=b #1.iso"})
+
+
+@pytest.mark.parametrize(("path", "why"), [("missing.iso", "does not exist"), (".", "is not a file"),
+                                           ("locked.iso", "cannot be read")])
+def test_a_missing_or_unreadable_iso_is_refused_here(salt, master, monkeypatch, tmp_path, capsys, path, why):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "locked.iso").write_bytes(b"CD001")
+    monkeypatch.setattr(commands.os, "access", lambda p, mode: not p.endswith("locked.iso"))
+    assert hostcmd.main(["cdrom", "vm1", path]) == 2
+    assert why in capsys.readouterr().err and salt.calls == [] and master.probed == []
+
+
+def test_create_prints_what_each_host_did_and_how_to_reach_the_vm(salt, master, capsys):
+    salt.result = CREATED
+    assert hostcmd.main(["create", "vm1", "here", "1024", "10G"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "  hostA: lvcreate -n vm1 here -L 10240M",
+        "VM vm1 is on hostA (its home) and its peer: IP 10.79.0.5, MAC 52:54:00:00:00:05, VNC display 3 "
+        "(127.0.0.1:5903 on the host running it). It is stopped: `pairvm start vm1` on hostA."]
+
+
+@pytest.mark.parametrize(("argv", "form"), [
+    (["create", "vm1", "here", "1024", "10G", "--ip", "10.79.0.9"],
+     "salt-run pairvm.create vm1 hostA 1024 10G ip=10.79.0.9"),
+    (["create", "vm1", "there", "1024", "10G"], "salt-run pairvm.create vm1 hostB 1024 10G"),
+    (["cdrom", "vm1", "eject"], "salt-run pairvm.cdrom vm1 eject=True"),
+    (["chkconfig", "vm1"], "salt-run pairvm.verify"),
+])
+def test_a_master_that_cannot_be_reached_is_named_with_the_form_to_use_there(
+        salt, master, capsys, argv, form):
+    with open(layout.global_path(), "w") as fh:
+        json.dump({"me": "hostA", "peer": "hostB"}, fh)
+    master.down = True
+    assert hostcmd.main(argv) == 1
+    assert salt.calls == []  # salt-call would wait for the master without end
+    assert capsys.readouterr().err == (
+        "pairvm: the master cannot be reached (salt.example.net:4506: Connection refused); nothing was "
+        f"done. On the master, run: {form}\n")
+
+
+def test_every_master_of_a_multi_master_minion_is_tried(salt, master, capsys):
+    salt.config = {"master": ["m1", "m2"], "master_port": 4606}
+    master.down = True
+    assert hostcmd.main(["chkconfig"]) == 1
+    assert master.probed == [("m1", 4606), ("m2", 4606)]
+
+
+@pytest.mark.parametrize(("start", "message"), [
+    ({}, "the master refused pairvm.host_chkconfig to this host: its peer_run setting must allow it"),
+    ("'pairvm.host_chkconfig' runner publish timed out",
+     "'pairvm.host_chkconfig' runner publish timed out; on the master, see"),
+    ({"error": "hostC is not a host of a pair: ...", "retcode": 1}, "hostC is not a host of a pair: ..."),
+    ({"comment": "no job"}, "the master answered pairvm.host_chkconfig without a job"),
+])
+def test_what_the_master_refuses_exits_1_with_its_reason(salt, master, capsys, start, message):
+    salt.start = start
+    assert hostcmd.main(["chkconfig"]) == 1
+    assert capsys.readouterr().err.startswith(f"pairvm: {message}")
+    assert salt.polls == []
+
+
+@pytest.mark.parametrize(("result", "message"), [
+    ({"error": "VM vm1 already exists (pillar or registry)", "retcode": 1},
+     "VM vm1 already exists (pillar or registry)"),
+    ("Exception occurred in runner pairvm.create: Traceback ...",
+     "Exception occurred in runner pairvm.create"),
+])
+def test_what_the_job_on_the_master_refuses_exits_1_with_its_reason(salt, master, capsys, result, message):
+    salt.result = result
+    assert hostcmd.main(["create", "vm1", "here", "1024", "10G"]) == 1
+    assert capsys.readouterr() == ("", f"pairvm: {result if isinstance(result, str) else message}\n")
+
+
+def test_chkconfig_prints_the_differences_and_exits_1_when_there_are_any(salt, master, capsys):
+    salt.result = {"lines": ["ERROR EMACHINESDIFF vm1: /machines/vm1 differs"],
+                   "summary": "1 error, 0 warnings", "findings": [{}], "retcode": 1, "ok": False}
+    assert hostcmd.main(["chkconfig", "vm1"]) == 1
+    assert capsys.readouterr().out == "ERROR EMACHINESDIFF vm1: /machines/vm1 differs\n1 error, 0 warnings\n"
+    salt.result = {"lines": [], "summary": "0 errors, 0 warnings", "findings": [], "retcode": 0, "ok": True}
+    assert hostcmd.main(["chkconfig", "vm1"]) == 0
+
+
+def test_a_command_of_several_forms_shows_each_in_its_help(salt, capsys):
+    assert hostcmd.main(["help", "create"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: pairvm create NAME\n" in out
+    assert "usage: pairvm create NAME here|there MEMORY DISC [--ip IP] [--vcpus N]\n" in out
+    assert "salt-run pairvm.create NAME HOME MEMORY DISC [ip=IP] [vcpus=N]" in out
+    assert hostcmd.main(["create", "vm1", "here"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "usage: pairvm create NAME here|there MEMORY DISC [--ip IP] [--vcpus N]\n")
+
+
+@pytest.mark.parametrize("argv", [["stop", "vm9"], ["serial", "vm9"], ["cdrom", "vm9"],
+                                  ["destroy", "vm9", "--yes-really"]])
+def test_a_vm_this_host_has_no_record_of_is_named_and_nothing_else(salt, capsys, argv):
+    """serial says it itself (before the banner); the others pass the function's message on."""
+    salt.stdout, salt.stderr, salt.rc = "", f"Error running 'pairvm.{argv[0]}': no VM vm9 on this host\n", 1
+    assert hostcmd.main(argv) == 1
+    assert capsys.readouterr() == ("", "pairvm: no VM vm9 on this host\n")
+    assert salt.execs == []

@@ -203,6 +203,8 @@ def test_a_machines_file_edited_on_one_host(pair):
     pair.facts["hostB"]["machines"]["vm1"]["digest"] = render.machines_digest("memory: 9999\n")
     result = runner.verify()
     assert codes(result) == [("ERROR", "EMACHINESDIFF", "vm1", None)]
+    assert runner.verify(name="vm1")["findings"] == result["findings"]  # one VM's findings only
+    assert runner.verify(name="vm2", minion="hostB")["findings"] == []
     assert re.match(r"ERROR EMACHINESDIFF vm1: /machines/vm1 differs: hostA sha256 [0-9a-f]{12}, "
                     r"hostB sha256 [0-9a-f]{12}", result["lines"][0])
     assert_fails(result)
