@@ -533,6 +533,8 @@ def local_serial(kwargs, config_dir, given):
 
 
 def local_image(kwargs, config_dir, given):
+    if machines.record_bytes(kwargs["name"]) is None:  # before a prompt or the password warning
+        raise Failed(machines.no_vm(kwargs["name"]))
     kwargs["password"] = read_password(kwargs.get("password"))
     return None
 

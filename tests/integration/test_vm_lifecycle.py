@@ -82,7 +82,7 @@ NOTHING = {h: {"lvs": [], "res": False, "machine": False, "domain": False} for h
 
 
 def registry_path(salt_master):
-    return Path(salt_master.config["cachedir"]) / "pairvm" / "registry.json"
+    return Path(salt_master.config["cachedir"]) / "pairvm" / "pairs" / "default" / "registry.json"
 
 
 def pair_state(lab, salt_master):
@@ -333,7 +333,7 @@ def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
     (["bad;name", "hostA", "128", "64M"], name_refused("bad;name", "it contains ';'")),
     (["../etc", "hostA", "128", "64M"], name_refused("../etc", "it contains './'")),
     (["waytoolongname1", "hostA", "128", "64M"], name_refused("waytoolongname1", "it has 15")),
-    (["pvm3", "hostC", "128", "64M"], re.escape("vm 'pvm3': home: must be one of hostA, hostB, got 'hostC'")),
+    (["pvm3", "hostC", "128", "64M"], re.escape("hostC is not a host of a pair: its pillar has no pairvm:pair naming it")),
     (["pvm3", "hostA", "lots", "64M"], re.escape("vm 'pvm3': memory: must be a whole number of MiB")),
     (["pvm3", "hostA", "128", "64Q"], re.escape("vm 'pvm3': disc: must be a whole number of MiB or a size")),
     (["pvm3", "hostA", "128", "64M", "ip=10.80.0.5"], re.escape("vm 'pvm3': ip: '10.80.0.5' is outside")),
@@ -412,7 +412,7 @@ def test_host_command_drives_a_vm(pvm1, lab, salt_cli, minions):
     ("pairvm.resize", ["pvm1", "size=-5G"], re.escape("size: must be a whole number of MiB or a size like")),
     ("pairvm.cdrom", ["pvm1", "iso=../../etc/shadow"],
      re.escape("cdrom: '../../etc/shadow' is not an absolute path")),
-    ("pairvm.start", ["nosuchvm"], re.escape("VM nosuchvm is not defined on this host")),
+    ("pairvm.start", ["nosuchvm"], re.escape("no VM nosuchvm on this host")),
 ])
 def test_execution_functions_refuse_bad_input_and_change_nothing(
         pvm1, salt_cli, salt_master, lab, function, args, why):

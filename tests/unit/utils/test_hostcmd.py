@@ -889,9 +889,10 @@ def test_a_command_of_several_forms_shows_each_in_its_help(salt, capsys):
 
 
 @pytest.mark.parametrize("argv", [["stop", "vm9"], ["serial", "vm9"], ["cdrom", "vm9"],
-                                  ["destroy", "vm9", "--yes-really"]])
+                                  ["destroy", "vm9", "--yes-really"], ["image", "vm9", "squeeze", "pw123"]])
 def test_a_vm_this_host_has_no_record_of_is_named_and_nothing_else(salt, capsys, argv):
-    """serial says it itself (before the banner); the others pass the function's message on."""
+    """serial says it itself (before the banner), image too (before the password's warning or
+    prompt); the others pass the function's message on."""
     salt.stdout, salt.stderr, salt.rc = "", f"Error running 'pairvm.{argv[0]}': no VM vm9 on this host\n", 1
     assert hostcmd.main(argv) == 1
     assert capsys.readouterr() == ("", "pairvm: no VM vm9 on this host\n")
