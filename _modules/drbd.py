@@ -320,3 +320,33 @@ def check_config(path, node=None):
             raise SaltInvocationError(f"invalid node name {node!r}")
         env = {"__DRBD_NODE__": node}
     return _run(["drbdadm", "-c", path, "dump"], env=env)
+
+
+def net_options(name, allow_two_primaries=False):
+    """
+    Allow or forbid two Primaries on the running resource (``drbdadm net-options
+    --allow-two-primaries=yes|no``), for a live migration's window only: the
+    resource file is not changed, so ``drbdadm adjust`` or a reboot forbids it again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' drbd.net_options vm1 allow_two_primaries=True
+        salt '*' drbd.net_options vm1
+    """
+    flag = "yes" if allow_two_primaries is True else "no"
+    return _adm("net-options", f"--allow-two-primaries={flag}", _name(name))
+
+
+def show(name):
+    """
+    The running configuration of the resource as the kernel has it (``drbdsetup show``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' drbd.show vm1
+    """
+    return _run(["drbdsetup", "show", _name(name)])
