@@ -14,7 +14,7 @@ import os
 import yaml
 
 import salt.utils.path
-from pairvmlib import boundary, layout, machines, names, render
+from pairvmlib import boundary, layout, machines, migration, names, render
 from pairvmlib import host as hostlib
 from pairvmlib.errors import Failed, PairvmError
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -324,7 +324,8 @@ def facts(bridges=None):
     files (sha256 ``digest`` of each file's bytes, and its ``home``, ``peer``,
     ``memory``, ``state``, ``suppress``, ``bridge``, ``vnc_display`` and this
     host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
-    resources), the running libvirt domains and the VNC listen address of
+    resources, and ``two_primaries``: those whose running configuration allows two
+    primaries, from one ``drbdsetup show all``), the running libvirt domains and the VNC listen address of
     each running pairvm domain, the LVs (``{"vg/lv": MiB}``), the volume
     groups, the required tools that are missing, and the bridges: this
     host's VM bridge, those of the VMs defined here and ``bridges`` (a list
@@ -343,6 +344,8 @@ def facts(bridges=None):
     records = _facts_machines(host, errors)
     host.forget_runtime()  # fresh DRBD and LVM answers, not those of earlier in this job
     drbd = _facts_query(errors, "drbd", _facts_drbd, {})
+    two = _facts_query(errors, "drbd_show", lambda: migration.two_primaries_resources(
+        __salt__["drbd.show"]("all")) if drbd else [], [])
     running, vnc = _facts_query(errors, "libvirt", lambda: _facts_libvirt(host, records), ([], {}))
     lvs = _facts_query(errors, "lvs", host.lvs, {})
     vgs = _facts_query(errors, "volume_groups", lambda: _volume_groups(host), {})
@@ -356,6 +359,7 @@ def facts(bridges=None):
         "machines": records,
         "suppressed": machines.suppressed(),
         "drbd": drbd,
+        "two_primaries": two,
         "running": running,
         "vnc": vnc,
         "lvs": lvs,

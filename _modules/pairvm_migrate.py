@@ -156,7 +156,7 @@ def _peer_libvirt(ip):
 
 def _runs_on(conn, name):
     dom = hostlib.Host.domain(conn, name)
-    return dom is not None and dom.isActive()
+    return dom is not None and bool(dom.isActive())
 
 
 def _facts(host, conn, pconn, perror, record, ip):

@@ -365,6 +365,8 @@ def verify(timeout=60):
     - ``EDRBDDISCONNECTED``: DRBD resource down or not Connected
     - ``EDRBDNOTUPTODATE``: a DRBD disc not UpToDate
     - ``EVMRUNNINGTWICE``: a VM running on both hosts
+    - ``EDRBDDUALPRIMARY``: a resource allows two primaries outside a live migration
+    - ``EVMAWAY``: a VM runs away from its home (WARNING)
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
     - ``EMEMCAP``: the pair's VM memory over ``pairvm:memory_cap``

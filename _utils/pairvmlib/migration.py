@@ -141,6 +141,12 @@ def two_primaries(show):
     return re.search(r"^\s*allow-two-primaries\s+yes\s*;", show, re.MULTILINE) is not None
 
 
+def two_primaries_resources(show):
+    """The resources of ``drbdsetup show all`` text that allow two primaries, sorted."""
+    blocks = re.split(r"^resource\s+", show, flags=re.MULTILINE)[1:]
+    return sorted(block.split()[0] for block in blocks if block.split() and two_primaries(block))
+
+
 def cleanup_action(name, me, peer, runs_here, runs_there):
     """What a cleanup does, given where VM ``name`` really runs:
     ``("finish", host it runs on, host to demote)``, or ``Failed``-worthy text as

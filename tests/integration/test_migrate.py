@@ -59,8 +59,10 @@ def sshd(lab, trusted_pair):
 @pytest.fixture(scope="module")
 def vm(sshd, salt_run_cli, salt_cli, lab):
     """A VM homed on hostA, running there; stopped and destroyed at the end."""
+    options = hv(NAME)
+    options["cmdline"] += " pairvm.counter=1"  # the guest counts and writes its disc (tests/guest)
     ret = salt_run_cli.run("pairvm.create", NAME, "hostA", "128", "64M", "state=stopped",
-                           f"hypervisor_options={json.dumps(hv(NAME))}")
+                           f"hypervisor_options={json.dumps(options)}")
     assert ret.returncode == 0, ret
     wait_for(lambda: in_sync(salt_cli, NAME), f"{NAME} in sync")
     yield NAME
@@ -95,6 +97,26 @@ def ensure_running_on_home(salt_cli, salt_run_cli, lab):
         assert salt_cli.run("pairvm.start", NAME, minion_tgt="hostA").returncode == 0
         wait_for(lambda: boots(lab.hosts["hostA"], NAME) > before, f"{NAME} boot", timeout=90)
     assert running_on(lab) == ["hostA"] and window_open(lab) == []
+
+
+def counts(host):
+    """The guest's counts on its serial port, as this host's serial log has them."""
+    return [int(n) for n in re.findall(r"^count: (\d+)\r?$", serial_log(host, NAME), re.MULTILINE)]
+
+
+def disc_counts(host):
+    """The counts the guest wrote into its disc (the first MiB), read through DRBD on ``host``."""
+    minor = re.search(r"^drbd_minor: (\d+)$", host.run(["cat", f"/machines/{NAME}"]).stdout, re.MULTILINE)
+    dev = f"/dev/drbd{minor.group(1)}"
+    data = host.run(["sh", "-c", f"head -c 1048576 {dev} | sha256sum; "
+                                 f"head -c 1048576 {dev} | tr -c 'a-z0-9 -' '\\n'"]).stdout
+    return data.split()[0], [int(n) for n in re.findall(r"pairvm-count (\d+)", data)]
+
+
+def verify_codes(salt_run_cli):
+    """The codes salt-run pairvm.verify reports about the test's VM: {(code, host)}."""
+    ret = salt_run_cli.run("pairvm.verify", "--out=json")
+    return {(f["code"], f["host"]) for f in ret.data["findings"] if f["vm"] == NAME}
 
 
 def type_line(host, text):
@@ -136,17 +158,26 @@ def test_live_migration_away_and_back_keeps_the_guest_running(vm, salt_cli, salt
     ensure_running_on_home(salt_cli, salt_run_cli, lab)
     a, b = lab.hosts["hostA"], lab.hosts["hostB"]
     type_line(a, "before-the-move")
-    boots_a, boots_b = boots(a, NAME), boots(b, NAME)
+    wait_for(lambda: counts(a), "the guest to count")
+    boots_a, boots_b, before = boots(a, NAME), boots(b, NAME), counts(a)[-1]
     ret = salt_run_cli.run("pairvm.migrate", NAME, "away=True")
     assert ret.returncode == 0, ret
     figures = ret.data["hostA"]["migration"]
     assert figures["time_ms"] > 0 and figures["downtime_ms"] >= 0, figures
     assert running_on(lab) == ["hostB"]
-    # The same guest goes on: it answers there and booted no more.
+    # The same guest goes on: it answers there, booted no more, and counts on from
+    # where it was (its memory came along).
     type_line(b, "after-the-move")
     assert boots(b, NAME) == boots_b and boots(a, NAME) == boots_a
+    wait_for(lambda: len(counts(b)) > 3, "the guest to count on hostB")
+    assert counts(b)[0] > before and counts(b) == sorted(counts(b)), (before, counts(b)[:5])
+    # Its disc writes went on too, and both hosts read the same bytes (the DRBD shim
+    # shares one block device while Connected: the shim carries that claim).
+    sums, written = zip(*(disc_counts(h) for h in (a, b)), strict=True)
+    assert sums[0] == sums[1] and max(written[1]) > before, (sums, before)
     assert roles(salt_cli) == {"hostA": "Secondary", "hostB": "Primary"}
     assert window_open(lab) == [] and in_sync(salt_cli, NAME)
+    assert verify_codes(salt_run_cli) == {("EVMAWAY", "hostB")}
     views = salt_cli.run("pairvm.list", minion_tgt="*").data
     assert {h: [r["running"] for r in views[h]["vms"] if r["name"] == NAME] for h in HOSTS} == \
         {"hostA": [False], "hostB": [True]}
@@ -214,11 +245,13 @@ def test_cleanup_after_the_migration_process_was_killed(vm, salt_cli, salt_run_c
     wait_for(lambda: running_on(lab) == ["hostB"], f"{NAME} to arrive on hostB", timeout=120)
     assert window_open(lab) == list(HOSTS)
     assert roles(salt_cli) == {"hostA": "Primary", "hostB": "Primary"}
+    assert {("EDRBDDUALPRIMARY", "hostA"), ("EDRBDDUALPRIMARY", "hostB")} <= verify_codes(salt_run_cli)
     ret = salt_cli.run("pairvm.migrate", NAME, "cleanup=True", minion_tgt="hostA")
     assert ret.returncode == 0, ret
     assert ret.data["changes"][0] == f"drbdadm secondary {NAME} (once the VM's QEMU has left)"
     assert roles(salt_cli) == {"hostA": "Secondary", "hostB": "Primary"}
     assert window_open(lab) == [] and running_on(lab) == ["hostB"]
+    assert verify_codes(salt_run_cli) == {("EVMAWAY", "hostB")}
     again = salt_cli.run("pairvm.migrate", NAME, "cleanup=True", minion_tgt="hostA")
     assert again.returncode == 0 and again.data["changes"][0].startswith("drbdadm net-options"), again
 

@@ -22,8 +22,9 @@ DATA = Path("/var/tmp/pvlab")
 LOOP_NODES = 640
 # libvirtd probes QEMU for 8 s on a cold start; its cache is valid across labs.
 CAPS_CACHE = REPO / ".cache" / "libvirt-capabilities"
-# The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot.
-GUEST = REPO / ".cache" / "guest"
+# The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot;
+# PVLAB_GUEST_DIR as for tests/guest/build.
+GUEST = Path(os.environ.get("PVLAB_GUEST_DIR") or REPO / ".cache" / "guest")
 
 # Paths each host gets privately (bind mounts): what the product uses, and
 # /run, where daemons keep pid files and sockets.

@@ -213,6 +213,7 @@ class Host:
         self.frames = []
         monkeypatch.setattr(MODULES["pairvm"], "_send_frame", self._send_frame)
         self.snapshot_of = {}  # "vg/snapshot": origin LV name
+        self.drbd_show = ""  # what drbdsetup show prints
         impls = {
             "config.get": self._config_get,
             "lvm.lvdisplay": self._lvdisplay,
@@ -228,6 +229,7 @@ class Host:
             "drbd.resize": self._drbd_resize,
             "drbd.connect": self._drbd_connect,
             "drbd.check_config": lambda path, node=None: "",
+            "drbd.show": lambda name: self.drbd_show,
             "cmd.run_all": self._run_all,
         }
         self.salt = {key: mock.Mock(side_effect=self._logged(key, impl)) for key, impl in impls.items()}

@@ -81,6 +81,7 @@ class FactsHost:
                                                    for name in definitions}),
             "lvm.lvdisplay": mock.Mock(return_value=lvdisplay),
             "cmd.run_all": mock.Mock(return_value={"retcode": 0, "stdout": json.dumps(VGS), "stderr": ""}),
+            "drbd.show": mock.Mock(return_value=""),
         }
         loader_mock(pairvm, salt=self.salt, grains={"id": "hostA"})
         pairvm.__pillar__ = {}
@@ -101,6 +102,7 @@ def queries(host):
         "libvirt.open": host.open.call_count,
         "listAllDomains": host.conn.listAllDomains.call_count,
         "drbd.status": host.salt["drbd.status"].call_count,
+        "drbd.show": host.salt["drbd.show"].call_count,
         "lvm.lvdisplay": host.salt["lvm.lvdisplay"].call_count,
         "vgs": host.salt["cmd.run_all"].call_count,
     }
@@ -110,8 +112,9 @@ def queries(host):
 def test_facts_asks_each_thing_once_whatever_the_number_of_vms(tmp_path, monkeypatch, loader_mock, count):
     host = FactsHost(tmp_path, monkeypatch, loader_mock, count)
     facts = pairvm.facts()
-    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "lvm.lvdisplay": 1,
-                             "vgs": 1}
+    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "drbd.show": 1,
+                             "lvm.lvdisplay": 1, "vgs": 1}
+    host.salt["drbd.show"].assert_called_once_with("all")
     assert len(facts["machines"]) == count
     # XMLDesc is a libvirt call, not a process: once per running pairvm domain, never for others
     assert sorted(host.xmldesc_calls) == sorted(host.records)

@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from salt.exceptions import CommandExecutionError
-from tests.unit.fakehost import MODULES, drbd_state
+from tests.unit.fakehost import MODULES, LibvirtDomain, drbd_state
 
 pairvm = MODULES["pairvm_migrate"]
 PEER_IP = "10.77.0.12"
@@ -111,6 +111,8 @@ def pair(host, monkeypatch):
     host.opened.side_effect = open_
     monkeypatch.setattr(pairvm.subprocess, "Popen", lambda argv, **kw: Holder(peer, argv, **kw))
     monkeypatch.setattr(pairvm, "POLL", 0.01)
+    is_active = LibvirtDomain.isActive  # libvirt answers 1 or 0, not a bool
+    monkeypatch.setattr(LibvirtDomain, "isActive", lambda self: int(is_active(self)))
     return host
 
 
@@ -127,7 +129,7 @@ def migrating(host, fail=None, stats=None):
         dom.active = False
         del host.domains["vm1"]
         moved = mock.Mock()
-        moved.isActive.return_value = True
+        moved.isActive.return_value = 1
         moved.jobStats.return_value = stats or {"type": 3, "time_elapsed": 800, "downtime": 40}
         peer.domains["vm1"] = moved
 
@@ -254,7 +256,7 @@ def test_drbd_leaving_connected_aborts_the_job(pair):
 def test_cleanup_finishes_a_migration_that_landed_on_the_peer(pair):
     pair.domains["vm1"].active = False
     arrived = mock.Mock()
-    arrived.isActive.return_value = True
+    arrived.isActive.return_value = 1
     pair.peer.domains["vm1"] = arrived
     pair.peer.role, pair.peer.two_primaries = "Primary", True
     ret = pairvm.migrate("vm1", cleanup=True)
@@ -265,7 +267,7 @@ def test_cleanup_finishes_a_migration_that_landed_on_the_peer(pair):
 
 def test_cleanup_refuses_when_the_vm_runs_on_both(pair):
     both = mock.Mock()
-    both.isActive.return_value = True
+    both.isActive.return_value = 1
     pair.peer.domains["vm1"] = both
     with pytest.raises(CommandExecutionError, match="running on BOTH hostA and hostB"):
         pairvm.migrate("vm1", cleanup=True)

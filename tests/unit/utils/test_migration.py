@@ -92,6 +92,14 @@ def test_two_primaries_in_drbdsetup_show():
     assert not migration.two_primaries("resource vm1 {\n    net {\n        protocol C;\n")
 
 
+def test_the_resources_of_drbdsetup_show_all_that_allow_two_primaries():
+    show = ("resource vm1 {\n    net {\n        allow-two-primaries\tyes;\n    }\n}\n\n"
+            "resource vm2 {\n    net {\n        protocol C;\n    }\n}\n"
+            "resource vm10 {\n    net {\n        allow-two-primaries yes;\n    }\n}\n")
+    assert migration.two_primaries_resources(show) == ["vm1", "vm10"]
+    assert migration.two_primaries_resources("") == []
+
+
 @pytest.mark.parametrize("here, there, expected", [
     (True, False, ("finish", "hostA", "hostB")),
     (False, True, ("finish", "hostB", "hostA")),
