@@ -86,7 +86,8 @@ def _move_each(mst, host, names):
             log.warning("pairvm: %s stays on %s: %s", name, host, exc)
     if failed:
         __context__["retcode"] = 1
-    return {"moved": moved, "not_moved": failed}
+    # salt-run, and an orchestrate's salt.runner step, fail on a returned dict's retcode.
+    return {"moved": moved, "not_moved": failed, "retcode": 1 if failed else 0}
 
 
 @_operation
@@ -97,7 +98,8 @@ def evacuate(host):
     For host maintenance. Each VM's result is reported; a VM that cannot
     move is listed under ``not_moved`` with the reason and keeps running
     (the retcode is then non-zero). ``salt-run pairvm.return HOST``
-    brings them back.
+    brings them back; the orchestrate ``pairvm.orch.maintenance`` does the
+    whole round.
 
     CLI Example:
 

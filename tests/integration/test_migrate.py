@@ -1,8 +1,8 @@
 """Live migration between the lab hosts, as an operator runs it.
 
 Real libvirtd on each host migrates a real QEMU guest peer-to-peer: libvirt
-reaches the peer's libvirtd through a real sshd on the peer's admin address
-(root's keys and known_hosts as the host state pairvm.host.ssh set them up),
+reaches the peer's libvirtd through the real sshd the lab runs on the peer's
+admin address (root's keys and known_hosts as the host state pairvm.host.ssh set them up),
 QEMU sends the memory over TCP on the admin link. The DRBD window runs the
 real drbdadm against the DRBD shim (tests/lab/drbdshim): the shim, not a
 kernel, carries the dual-primary state and the replication link.
@@ -10,14 +10,13 @@ kernel, carries the dual-primary state and the replication link.
 
 import json
 import re
-import subprocess
 import threading
 
 import pytest
 
+import salt.utils.yaml
 from tests.integration.test_vm_lifecycle import HOSTS, boots, drbd, hv, in_sync, serial_log, wait_for
 from tests.lab.drbdshim import state as drbdshim
-from tests.lab.hosts import DATA, SHIMS
 
 NAME = "mvm1"
 
@@ -30,34 +29,7 @@ def trusted_pair(salt_run_cli, salt_cli):
 
 
 @pytest.fixture(scope="module")
-def sshd(lab, trusted_pair):
-    """A real sshd on each host's admin address, as a production host has."""
-    daemons = []
-    for host in lab.hosts.values():
-        conf = DATA / host.name / "sshd_config"
-        conf.write_text(
-            f"ListenAddress {host.admin_ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
-            "PermitRootLogin prohibit-password\nPidFile none\nUsePAM no\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            # The lab's tools (drbdadm through the DRBD shim) for the peer's commands.
-            f"SetEnv PATH={SHIMS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "
-            f"PVLAB_DATA={DATA}\n")
-        host.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
-        daemons.append(subprocess.Popen(host.argv(["/usr/sbin/sshd", "-D", "-f", str(conf),
-                                                   "-E", str(DATA / host.name / "sshd.log")]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda h=host: h.run(["sh", "-c", f"ss -ltn | grep -q '{h.admin_ip}:22 '"],
-                                      check=False).returncode == 0, f"sshd in {host.name}", timeout=15)
-    try:
-        yield
-    finally:
-        for daemon in daemons:
-            daemon.terminate()
-            daemon.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def vm(sshd, salt_run_cli, salt_cli, lab):
+def vm(trusted_pair, salt_run_cli, salt_cli, lab):
     """A VM homed on hostA, running there; stopped and destroyed at the end."""
     options = hv(NAME)
     options["cmdline"] += " pairvm.counter=1"  # the guest counts and writes its disc (tests/guest)
@@ -106,8 +78,7 @@ def counts(host):
 
 def disc_counts(host):
     """The counts the guest wrote into its disc (the first MiB), read through DRBD on ``host``."""
-    minor = re.search(r"^drbd_minor: (\d+)$", host.run(["cat", f"/machines/{NAME}"]).stdout, re.MULTILINE)
-    dev = f"/dev/drbd{minor.group(1)}"
+    dev = f"/dev/drbd{salt.utils.yaml.safe_load(host.run(['cat', f'/machines/{NAME}']).stdout)['drbd_minor']}"
     data = host.run(["sh", "-c", f"head -c 1048576 {dev} | sha256sum; "
                                  f"head -c 1048576 {dev} | tr -c 'a-z0-9 -' '\\n'"]).stdout
     return data.split()[0], [int(n) for n in re.findall(r"pairvm-count (\d+)", data)]
@@ -190,6 +161,21 @@ def test_live_migration_away_and_back_keeps_the_guest_running(vm, salt_cli, salt
     assert running_on(lab) == ["hostA"] and window_open(lab) == []
     type_line(a, "home-again")
     assert boots(a, NAME) == boots_a
+    assert roles(salt_cli) == {"hostA": "Primary", "hostB": "Secondary"}
+
+
+def test_a_maintenance_round_moves_the_vm_away_and_back(vm, salt_cli, salt_run_cli, lab):
+    ensure_running_on_home(salt_cli, salt_run_cli, lab)
+    a = lab.hosts["hostA"]
+    boots_a = boots(a, NAME)
+    ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.maintenance",
+                           'pillar={"host": "hostA", "sls": "pairvm.config"}')
+    assert ret.returncode == 0, ret
+    steps = ret.data["data"]["master"]
+    assert [s["__id__"] for s in sorted(steps.values(), key=lambda s: s["__run_num__"])] == [
+        "pairvm-orch-maintenance-evacuate", "pairvm-orch-maintenance-apply", "pairvm-orch-maintenance-return"]
+    assert all(s["result"] for s in steps.values()), steps
+    assert running_on(lab) == ["hostA"] and window_open(lab) == [] and boots(a, NAME) == boots_a
     assert roles(salt_cli) == {"hostA": "Primary", "hostB": "Secondary"}
 
 

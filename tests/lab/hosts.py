@@ -243,8 +243,31 @@ class LabHost:
                 raise RuntimeError(f"[{self.name}] libvirtd did not answer: {probe.stderr}")
             time.sleep(0.2)
 
+    def start_sshd(self, timeout=15):
+        """A real sshd on the host's admin address, as a production host has: the peer
+        reaches it with root's key (pairvm.host.ssh sets the trust up) for a live migration.
+        Its sessions get the lab's PATH (the shims first), as every lab process does."""
+        conf = self.dir / "sshd_config"
+        env = lab_environ(self.name)
+        conf.write_text(
+            f"ListenAddress {self.admin_ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
+            "PermitRootLogin prohibit-password\nPidFile none\nUsePAM no\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"SetEnv PATH={env['PATH']} PVLAB_DATA={env['PVLAB_DATA']}\n")
+        self.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
+        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        self.daemons = [*getattr(self, "daemons", []),
+                        subprocess.Popen(self.argv(["/usr/sbin/sshd", "-D", "-f", str(conf), "-E",
+                                                    str(self.dir / "sshd.log")]),
+                                         stdout=log, stderr=log, start_new_session=True)]
+        deadline = time.monotonic() + timeout
+        while self.run(["sh", "-c", f"ss -ltn | grep -q '{self.admin_ip}:22 '"], check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"[{self.name}] sshd did not listen on {self.admin_ip}:22")
+            time.sleep(0.1)
+
     def stop_libvirt(self):
-        """Destroy every domain, then stop libvirtd and virtlogd."""
+        """Destroy every domain, then stop the daemons (libvirtd, virtlogd, sshd)."""
         listing = self.run(["virsh", "-c", "qemu:///system", "list", "--name"], check=False)
         for dom in listing.stdout.split():
             self.run(["virsh", "-c", "qemu:///system", "destroy", dom], check=False)

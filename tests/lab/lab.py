@@ -73,6 +73,7 @@ class Lab:
             self._create_storage(host)
             if libvirt:
                 host.start_libvirt()
+                host.start_sshd()
         return self
 
     def _wire(self):

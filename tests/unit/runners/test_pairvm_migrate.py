@@ -85,7 +85,7 @@ def test_evacuate_moves_each_running_vm_and_lists_those_that_cannot(mst):
                                                                  ("hostA", "vm3", True)]
     assert list(ret["moved"]) == ["vm1"]
     assert "bridge br0 does not exist on hostB" in ret["not_moved"]["vm3"]
-    assert runner.__context__["retcode"] == 1
+    assert runner.__context__["retcode"] == 1 and ret["retcode"] == 1
 
 
 def test_evacuate_refuses_a_host_outside_the_pair(mst):
@@ -98,5 +98,5 @@ def test_return_brings_home_what_runs_away_on_the_peer(mst):
     ret = runner.return_("hostA")
     assert [(c[0], c[2][0]) for c in mst.calls] == [("hostB", "vm1")]
     assert ret == {"moved": {"vm1": {"name": "vm1", "changes": ["virsh migrate"], "comment": "moved"}},
-                   "not_moved": {}}
+                   "not_moved": {}, "retcode": 0}
     assert runner.__func_alias__ == {"return_": "return"}
