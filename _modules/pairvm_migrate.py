@@ -205,8 +205,10 @@ def _window(host, plan, conn, pconn, record, peer, ip, limits):
         if plan.test:
             raise
         log.error("pairvm: migration of %s to %s failed: %s", name, peer, exc)
-        _settle(host, plan, conn, pconn, record, peer, ip)
-        raise Failed(f"migration of VM {name} to {peer} failed and was undone: {exc}. "
+        left = _settle(host, plan, conn, pconn, record, peer, ip)
+        undone = "was undone" if left is None else (
+            f"could NOT be undone ({left}): run pairvm.migrate {name} cleanup=True once both hosts answer")
+        raise Failed(f"migration of VM {name} to {peer} failed and {undone}: {exc}. "
                      f"{_where(host, conn, pconn, name, peer)}") from exc
     _finish(host, plan, record, ip, here_runs=False)
     return None if plan.test else migration.completed(stats)
@@ -356,20 +358,20 @@ def _confirm_single(host, ip, name):
 
 
 def _settle(host, plan, conn, pconn, record, peer, ip):
-    """After a failed migration: wherever the VM runs now, end the window there
-    (the abort leaves it here; a failure after the switch-over leaves it there)."""
+    """After a failed migration: wherever the VM runs now, end the window there (the abort
+    leaves it here; a failure after the switch-over leaves it there). None when that
+    worked, else what is left to do."""
     name = record["name"]
     runs_here = _safe(lambda: _runs_on(conn, name)) is True
     runs_there = _safe(lambda: _runs_on(pconn, name)) is True
     action = migration.cleanup_action(name, host.me, peer, runs_here, runs_there)
     if action[0] != "finish":
-        log.error("pairvm: %s", action[1])
-        return
+        return action[1]
     try:
         _finish(host, plan, record, ip, here_runs=action[1] == host.me)
-    except Exception as exc:  # noqa: BLE001 - the migration's error is the one raised
-        log.error("pairvm: could not end the DRBD window of %s: %s; run pairvm.migrate %s cleanup=True",
-                  name, exc, name)
+    except Exception as exc:  # noqa: BLE001 - reported with the migration's error
+        return f"the DRBD window is still open: {exc}"
+    return None
 
 
 def _cleanup(host, plan, record, peer, ip):

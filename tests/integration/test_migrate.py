@@ -219,6 +219,29 @@ def test_a_replication_link_cut_mid_migration_aborts_and_reverts(vm, salt_cli, s
     wait_for(lambda: in_sync(salt_cli, NAME), f"{NAME} in sync again", timeout=60)
 
 
+def test_the_destination_libvirtd_killed_mid_migration(vm, salt_cli, salt_run_cli, lab):
+    ensure_running_on_home(salt_cli, salt_run_cli, lab)
+    b = lab.hosts["hostB"]
+    thread, result = migrate_in_background(salt_cli, "bandwidth=1")
+    try:
+        wait_for(lambda: incoming_on_b(lab), "the incoming domain on hostB", timeout=60, interval=0.2)
+        b.kill_libvirtd()
+        thread.join(timeout=120)
+    finally:
+        if not [p for p in b.daemons if p.args[-1] == "libvirtd"]:
+            b.start_libvirtd()
+    ret = result["ret"]
+    assert ret.returncode != 0 and f"migration of VM {NAME} to hostB failed" in str(ret.data), ret
+    # The source goes on; libvirtd on hostB, back, has no domain running.
+    assert running_on(lab) == ["hostA"]
+    type_line(lab.hosts["hostA"], "survived")
+    if "could NOT be undone" in str(ret.data):  # the incoming QEMU held hostB's disc open then
+        again = salt_cli.run("pairvm.migrate", NAME, "cleanup=True", minion_tgt="hostA")
+        assert again.returncode == 0, again
+    assert roles(salt_cli) == {"hostA": "Primary", "hostB": "Secondary"}
+    assert window_open(lab) == [] and in_sync(salt_cli, NAME)
+
+
 def test_cleanup_after_the_migration_process_was_killed(vm, salt_cli, salt_run_cli, lab):
     ensure_running_on_home(salt_cli, salt_run_cli, lab)
     thread, result = migrate_in_background(salt_cli, "bandwidth=2")

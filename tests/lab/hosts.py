@@ -228,20 +228,32 @@ class LabHost:
         """
         caps = self.root / "var/cache/libvirt/qemu/capabilities"
         _copy_tree(CAPS_CACHE, caps)
-        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemons
-        self.daemons = [
-            subprocess.Popen(self.argv([daemon]), stdout=log, stderr=log, start_new_session=True)
-            for daemon in ("virtlogd", "libvirtd")
-        ]
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("virtlogd")]
+        self.start_libvirtd(timeout)
+        _copy_tree(caps, CAPS_CACHE)
+
+    def _spawn(self, *argv):
+        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        return subprocess.Popen(self.argv(list(argv)), stdout=log, stderr=log, start_new_session=True)
+
+    def start_libvirtd(self, timeout=30):
+        """(Re)start libvirtd (its guests' QEMU processes live on without it); wait for virsh."""
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("libvirtd")]
         deadline = time.monotonic() + timeout
         while True:
             probe = self.run(["virsh", "-c", "qemu:///system", "version"], check=False)
             if probe.returncode == 0:
-                _copy_tree(caps, CAPS_CACHE)
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"[{self.name}] libvirtd did not answer: {probe.stderr}")
             time.sleep(0.2)
+
+    def kill_libvirtd(self):
+        """SIGKILL libvirtd, as a crash would (a fault test); start_libvirtd brings it back."""
+        for proc in [p for p in self.daemons if p.args[-1] == "libvirtd"]:
+            proc.kill()
+            proc.wait()
+            self.daemons.remove(proc)
 
     def start_sshd(self, timeout=15):
         """A real sshd on the host's admin address, as a production host has: the peer
@@ -255,11 +267,8 @@ class LabHost:
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             f"SetEnv PATH={env['PATH']} PVLAB_DATA={env['PVLAB_DATA']}\n")
         self.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
-        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemon
-        self.daemons = [*getattr(self, "daemons", []),
-                        subprocess.Popen(self.argv(["/usr/sbin/sshd", "-D", "-f", str(conf), "-E",
-                                                    str(self.dir / "sshd.log")]),
-                                         stdout=log, stderr=log, start_new_session=True)]
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("/usr/sbin/sshd", "-D", "-f", str(conf),
+                                                   "-E", str(self.dir / "sshd.log"))]
         deadline = time.monotonic() + timeout
         while self.run(["sh", "-c", f"ss -ltn | grep -q '{self.admin_ip}:22 '"], check=False).returncode:
             if time.monotonic() > deadline:

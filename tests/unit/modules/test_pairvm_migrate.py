@@ -50,6 +50,8 @@ class Peer:
         self.conn.lookupByName.side_effect = self.lookup
         self.conn.getFreeMemory.return_value = 8 * 2**30
         self.fail_open = None
+        self.secondary_fails = False
+        self.stuck_open = False  # net-options --allow-two-primaries=no answers 0 but changes nothing
 
     def lookup(self, name):
         if name not in self.domains:
@@ -59,11 +61,14 @@ class Peer:
     def run(self, argv):
         remote = argv[argv.index("--") + 1:]
         self.commands.append(" ".join(remote))
+        if remote[:2] == ["drbdadm", "secondary"] and self.secondary_fails:
+            return {"retcode": 11, "stdout": "",
+                    "stderr": "State change failed: (-12) Device is held open by someone"}
         if remote[:2] in (["drbdadm", "primary"], ["drbdadm", "secondary"]):
             self.role = remote[1].capitalize()
             self.host.drbd[remote[2]]["peer_role"] = self.role  # as this host's events2 shows it
         elif remote[:2] == ["drbdadm", "net-options"]:
-            self.two_primaries = remote[2].endswith("=yes")
+            self.two_primaries = remote[2].endswith("=yes") or (self.two_primaries and self.stuck_open)
         elif remote[0] == "sha256sum":
             return {"retcode": 0, "stdout": f"{hashlib.sha256(self.record).hexdigest()}  {remote[1]}",
                     "stderr": ""}
@@ -171,6 +176,13 @@ def test_migration_opens_the_window_moves_and_closes_it_in_order(pair):
     assert "vm1" not in pair.domains
 
 
+def test_a_window_that_stays_open_is_an_error_not_a_success(pair):
+    migrating(pair)
+    pair.peer.stuck_open = True
+    with pytest.raises(CommandExecutionError, match="vm1 still allows two primaries on 10.77.0.12"):
+        pairvm.migrate("vm1", away=True)
+
+
 def test_the_peer_lock_is_the_vms_lock_file_there(pair):
     migrating(pair)
     pairvm.migrate("vm1", away=True)
@@ -233,6 +245,15 @@ def test_a_failed_migration_is_aborted_and_reverted(pair):
     assert pair.peer.role == "Secondary" and not pair.peer.two_primaries
 
 
+def test_a_revert_that_fails_says_so_and_leaves_the_window_to_cleanup(pair):
+    migrating(pair, fail="Unable to read from monitor: Connection reset by peer")
+    pair.peer.secondary_fails = True  # the destination's QEMU still holds the disc
+    with pytest.raises(CommandExecutionError, match=r"could NOT be undone \(the DRBD window is still open: "
+                                                    r".*held open.*\): run pairvm.migrate vm1 cleanup=True"):
+        pairvm.migrate("vm1", away=True)
+    assert pair.domains["vm1"].active and pair.peer.two_primaries
+
+
 def test_drbd_leaving_connected_aborts_the_job(pair):
     dom = migrating(pair)
     release = {"go": False}
@@ -247,7 +268,7 @@ def test_drbd_leaving_connected_aborts_the_job(pair):
     dom.migrateToURI3 = slow
     dom.abortJob.side_effect = lambda: release.update(go=True)
     with pytest.raises(CommandExecutionError, match="became WFConnection during the migration"):
-        pairvm.migrate("vm1", away=True)
+        pairvm.migrate("vm1", away=True, timeout=5)  # a product that never aborts fails in 5 s
     dom.abortJob.assert_called()
     dom.migrateSetMaxDowntime.assert_called_with(30)
     assert pair.domains["vm1"].active and pair.peer.role == "Secondary"
