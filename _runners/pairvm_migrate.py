@@ -11,26 +11,19 @@ import logging
 from pairvmlib import boundary, master, schema
 from pairvmlib.errors import Failed
 
-log = logging.getLogger(__name__)
-
 __virtualname__ = "pairvm"
 __func_alias__ = {"return_": "return"}
-
-# A migration reports its own failures; the call waits for its job (pairvm.migrate's
-# own timeout is 600 s) and a little more.
-CALL_TIMEOUT = 660
 
 
 def __virtual__():
     return __virtualname__
 
 
-def _refused(exc):
-    __context__["retcode"] = 1
-    return {"error": str(exc), "retcode": 1}
-
-
-_operation = boundary.converting(_refused)
+_operation = boundary.runner_operation(lambda: __context__)
+log = logging.getLogger(__name__)
+# A migration reports its own failures; the call waits for its job (pairvm.migrate's
+# own timeout is 600 s) and a little more.
+CALL_TIMEOUT = 660
 
 
 def _pair(mst):

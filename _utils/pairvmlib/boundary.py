@@ -54,6 +54,18 @@ def _as_invocation_error(exc):
     raise CommandExecutionError(str(exc)) from exc
 
 
+def runner_operation(context):
+    """A decorator for a runner function: a library error becomes ``{"error", "retcode": 1}``
+    (salt-run exits with a returned dict's retcode) and ``retcode`` 1 in the runner's
+    ``__context__``, which ``context()`` returns."""
+
+    def refused(exc):
+        context()["retcode"] = 1
+        return {"error": str(exc), "retcode": 1}
+
+    return converting(refused)
+
+
 # An execution function whose library errors reach Salt as CommandExecutionError.
 execution = converting(_as_command_error)
 # Like execution, but a value that breaks a rule reaches Salt as SaltInvocationError.
