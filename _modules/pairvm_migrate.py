@@ -76,6 +76,7 @@ def migrate(name, away=False, cleanup=False, max_downtime=migration.MAX_DOWNTIME
     """
     host = _host()
     record = host.machine(name)
+    limits = migration.limits(max_downtime, bandwidth, timeout)
     peer = host.other_host(record)
     ip = migration.address(host.setting("there_ip"))
     with host.lock(name), _peer_lock(host, ip, name):
@@ -87,9 +88,7 @@ def migrate(name, away=False, cleanup=False, max_downtime=migration.MAX_DOWNTIME
             problems = migration.preflight(name, host.me, record, facts, away)
             if problems:
                 raise Failed(f"VM {name} cannot move from {host.me} to {peer}: " + "; ".join(problems))
-            figures = _window(host, plan, conn, pconn, record, peer, ip,
-                              {"max_downtime": int(max_downtime), "bandwidth": int(bandwidth),
-                               "timeout": float(timeout)})
+            figures = _window(host, plan, conn, pconn, record, peer, ip, limits)
         result = plan.result(f"VM {name} runs on {peer}")
         if figures:
             result["migration"] = figures

@@ -62,6 +62,13 @@ def migrate_uri(ip):
     return f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
 
 
+def limits(max_downtime, bandwidth, timeout):
+    """The migration's limits, checked: downtime (ms), bandwidth (MiB/s, 0: none), timeout (s)."""
+    return {"max_downtime": checks.integer("max_downtime", max_downtime, 1, 60000),
+            "bandwidth": checks.integer("bandwidth", bandwidth, 0, 100000),
+            "timeout": checks.integer("timeout", timeout, 1, 86400)}
+
+
 def disc_cache(xml):
     """The cache mode of the domain's DRBD disc (its first ``<disk device='disk'>``)."""
     root = ET.fromstring(xml)

@@ -158,6 +158,7 @@ def test_live_migration_away_and_back_keeps_the_guest_running(vm, salt_cli, salt
     # Back home with the host command on hostB (no --away: hostA is its home).
     out = b.run(["pairvm", "swaplive", NAME])
     assert "downtime" in out.stdout, out.stdout
+    assert f"migrate {NAME}: " in out.stderr, out.stderr  # the progress line on the terminal
     assert running_on(lab) == ["hostA"] and window_open(lab) == []
     type_line(a, "home-again")
     assert boots(a, NAME) == boots_a

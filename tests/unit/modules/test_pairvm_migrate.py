@@ -295,6 +295,13 @@ def test_cleanup_refuses_when_the_vm_runs_on_both(pair):
     assert steps(pair) == []
 
 
+def test_a_bad_limit_is_refused_before_anything(pair):
+    migrating(pair)
+    with pytest.raises(CommandExecutionError, match="max_downtime"):
+        pairvm.migrate("vm1", away=True, max_downtime="fast")
+    assert steps(pair) == [] and pair.peer.lock_argv is None
+
+
 def test_a_bad_name_is_refused(pair):
     with pytest.raises(CommandExecutionError, match="name"):
         pairvm.migrate("vm1;reboot")

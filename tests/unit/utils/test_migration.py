@@ -32,6 +32,14 @@ def test_the_peer_address_must_be_an_ip(ip):
         migration.ssh_argv(ip, ["true"])
 
 
+def test_limits_are_checked():
+    assert migration.limits(30, 0, 600) == {"max_downtime": 30, "bandwidth": 0, "timeout": 600}
+    for bad in ({"max_downtime": 0}, {"bandwidth": -1}, {"timeout": "soon"}, {"max_downtime": True}):
+        values = dict({"max_downtime": 30, "bandwidth": 0, "timeout": 600}, **bad)
+        with pytest.raises(Invalid, match=next(iter(bad))):
+            migration.limits(**values)
+
+
 def test_uris():
     assert migration.peer_uri("10.77.0.12") == "qemu+ssh://root@10.77.0.12/system"
     assert migration.migrate_uri("10.77.0.12") == "tcp://10.77.0.12"
