@@ -104,6 +104,12 @@ def _on_peer(host, ip, argv, what):
     return host.run(migration.ssh_argv(ip, argv), f"{what} on the peer ({ip})")
 
 
+def _ask_peer(host, ip, argv):
+    """Run a question on the peer; its whole answer (``retcode``, ``stdout``), a failure included."""
+    return host.salt["cmd.run_all"](migration.ssh_argv(ip, argv), python_shell=False, ignore_retcode=True,
+                                    output_loglevel="quiet")
+
+
 @contextlib.contextmanager
 def _peer_lock(host, ip, name):
     """Hold VM ``name``'s lock (``host.lock``'s file) on the peer as long as this block runs:
@@ -161,21 +167,18 @@ def _runs_on(conn, name):
 def _facts(host, conn, pconn, perror, record, ip):
     name = record["name"]
     dom = host.domain(conn, name)
-    running = dom is not None and dom.isActive()
+    running = dom is not None and bool(dom.isActive())
     facts = {"running": running, "drbd": host.drbd(name),
              "cache": migration.disc_cache(dom.XMLDesc(0)) if running else None,
              "peer_libvirt": perror, "peer_record_same": False, "peer_bridge": False,
              "peer_free_mib": 0, "peer_running": False}
     if perror:
         return facts
-    theirs = host.salt["cmd.run_all"](migration.ssh_argv(ip, ["sha256sum", layout.machine_path(name)]),
-                                      python_shell=False, ignore_retcode=True, output_loglevel="quiet")
+    theirs = _ask_peer(host, ip, ["sha256sum", layout.machine_path(name)])
     mine = hashlib.sha256(machines.record_bytes(name) or b"").hexdigest()
     facts["peer_record_same"] = theirs["retcode"] == 0 and theirs["stdout"].split()[:1] == [mine]
-    bridge = host.salt["cmd.run_all"](migration.ssh_argv(ip, ["test", "-d",
-                                                              f"/sys/class/net/{record['bridge']}/bridge"]),
-                                      python_shell=False, ignore_retcode=True, output_loglevel="quiet")
-    facts["peer_bridge"] = bridge["retcode"] == 0
+    facts["peer_bridge"] = _ask_peer(host, ip, ["test", "-d", f"/sys/class/net/{record['bridge']}/bridge"]
+                                     )["retcode"] == 0
     facts["peer_free_mib"] = pconn.getFreeMemory() // 2**20
     facts["peer_running"] = _runs_on(pconn, name)
     return facts
