@@ -34,7 +34,7 @@ import os
 import re
 
 import salt.utils.path
-from pairvmlib import layout
+from pairvmlib import drbdconf, layout
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "drbd"
@@ -324,22 +324,6 @@ def check_config(path, node=None):
     return _run(["drbdadm", "-c", path, "dump"], env=env, quiet=True)
 
 
-_RESOURCE_RE = re.compile(r'^resource\s+"?([^\s"{]+)"?\s*\{', re.MULTILINE)
-
-
-def _parse_auth(text):
-    """{resource: authenticates} of ``drbdsetup show`` text, for the resources whose connection
-    is configured (a ``_remote_host`` section)."""
-    found = {}
-    starts = list(_RESOURCE_RE.finditer(text))
-    for here, after in zip(starts, [*starts[1:], None], strict=True):
-        block = text[here.end():after.start() if after else len(text)]
-        if "_remote_host" in block:
-            found[here.group(1)] = bool(re.search(r"^\s*cram-hmac-alg\s", block, re.MULTILINE)
-                                        and re.search(r"^\s*shared-secret\s", block, re.MULTILINE))
-    return found
-
-
 def peer_auth():
     """
     Whether each DRBD resource whose connection is configured authenticates
@@ -354,4 +338,34 @@ def peer_auth():
 
         salt '*' drbd.peer_auth
     """
-    return _parse_auth(_run(["drbdsetup", "show", "all"], quiet=True))
+    return drbdconf.peer_auth(_run(["drbdsetup", "show", "all"], quiet=True))
+
+
+def net_options(name, allow_two_primaries=False):
+    """
+    Allow or forbid two Primaries on the running resource (``drbdadm net-options
+    --allow-two-primaries=yes|no``), for a live migration's window only: the
+    resource file is not changed, so ``drbdadm adjust`` or a reboot forbids it again.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' drbd.net_options vm1 allow_two_primaries=True
+        salt '*' drbd.net_options vm1
+    """
+    flag = "yes" if allow_two_primaries is True else "no"
+    return _adm("net-options", f"--allow-two-primaries={flag}", _name(name))
+
+
+def show(name):
+    """
+    The running configuration of the resource as the kernel has it (``drbdsetup show``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' drbd.show vm1
+    """
+    return _run(["drbdsetup", "show", _name(name)], quiet=True)  # it holds the shared secret

@@ -15,7 +15,7 @@ import os
 import yaml
 
 import salt.utils.path
-from pairvmlib import boundary, layout, machines, names, render
+from pairvmlib import boundary, drbdconf, layout, machines, names, render
 from pairvmlib import host as hostlib
 from pairvmlib.errors import Failed, PairvmError
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -336,10 +336,12 @@ def facts(bridges=None):
     files (sha256 ``digest`` of each file's bytes, and its ``home``, ``peer``,
     ``memory``, ``state``, ``suppress``, ``bridge``, ``vnc_display`` and this
     host's ``vg``), the VMs suppressed here, DRBD (``drbd.status``, all
-    resources, and ``drbd.peer_auth``: which authenticate), the running
-    libvirt domains and the VNC listen address of each running pairvm
-    domain, the LVs (``{"vg/lv": MiB}``), the volume groups (size, free,
-    extent size), the required tools that are missing, and the bridges: this
+    resources, and from one ``drbdsetup show all``: ``drbd_auth``, which
+    authenticate their peer, and ``two_primaries``, those whose running
+    configuration allows two primaries), the running libvirt domains and the
+    VNC listen address of each running pairvm domain, the LVs (``{"vg/lv":
+    MiB}``), the volume groups (size, free, extent size), the required tools
+    that are missing, and the bridges: this
     host's VM bridge, those of the VMs defined here and ``bridges`` (a list
     or comma-separated names). A query that fails is named in ``errors``
     with its message; the others are still returned. Reads only.
@@ -356,7 +358,7 @@ def facts(bridges=None):
     records = _facts_machines(host, errors)
     host.forget_runtime()  # fresh DRBD and LVM answers, not those of earlier in this job
     drbd = _facts_query(errors, "drbd", _facts_drbd, {})
-    drbd_auth = _facts_query(errors, "drbd_auth", lambda: __salt__["drbd.peer_auth"](), {}) if drbd else {}
+    shown = _facts_query(errors, "drbd_show", lambda: __salt__["drbd.show"]("all"), "") if drbd else ""
     running, vnc = _facts_query(errors, "libvirt", lambda: _facts_libvirt(host, records), ([], {}))
     lvs = _facts_query(errors, "lvs", host.lvs, {})
     vgs = _facts_query(errors, "volume_groups", lambda: _volume_groups(host), {})
@@ -370,7 +372,8 @@ def facts(bridges=None):
         "machines": records,
         "suppressed": machines.suppressed(),
         "drbd": drbd,
-        "drbd_auth": drbd_auth,
+        "drbd_auth": drbdconf.peer_auth(shown),
+        "two_primaries": drbdconf.two_primaries_resources(shown),
         "running": running,
         "vnc": vnc,
         "lvs": lvs,

@@ -31,14 +31,7 @@ def __virtual__():
     return __virtualname__
 
 
-def _refused(exc):
-    """A refusal or failure as a clear message and a non-zero retcode."""
-    __context__["retcode"] = 1
-    # salt-run exits with a returned dict's "retcode".
-    return {"error": str(exc), "retcode": 1}
-
-
-_operation = boundary.converting(_refused)
+_operation = boundary.converting(lambda exc: master.refused(__context__, exc))
 
 
 # --- the master, pairs and hosts -----------------------------------------------------------
@@ -501,6 +494,8 @@ def verify(timeout=60, pair=None, minion=None, name=None):
     - ``EDRBDNOTUPTODATE``: a DRBD disc not UpToDate
     - ``EDRBDNOAUTH``: a DRBD resource connects without peer authentication
     - ``EVMRUNNINGTWICE``: a VM running on both hosts
+    - ``EDRBDDUALPRIMARY``: a resource allows two primaries outside a live migration
+    - ``EVMAWAY``: a VM runs away from its home (WARNING)
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
     - ``EDISCGROWN``: a VM's LVs bigger than its pillar disc (WARNING while the registry keeps the size)

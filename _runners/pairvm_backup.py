@@ -17,12 +17,6 @@ def __virtual__():
     return __virtualname__
 
 
-def _refused(exc):
-    """A refusal as a clear message and a non-zero retcode (salt-run exits with it)."""
-    __context__["retcode"] = 1
-    return {"error": str(exc), "retcode": 1}
-
-
 def _groups(hub, names, pair):
     """{pair: (its two hosts, its VMs of ``names``, or None for all of them)}: the pair
     ``pair``, else each VM's pair (from the registries), else every registered pair."""
@@ -41,7 +35,7 @@ def _groups(hub, names, pair):
     return groups
 
 
-@boundary.converting(_refused)
+@boundary.converting(lambda exc: master.refused(__context__, exc))
 def backup(name, destination, speed=None, compress=None, test=False, timeout=300, pair=None):
     """
     Back VMs up from the master, each on the host of its pair that must do it.

@@ -169,6 +169,8 @@ TABLE = (
             summary="Compare this host's view of VM NAME, or of every VM, with the peer's (the master's "
                     "pair verification); exit 1 when they differ."),
     Command("print_ssh_forwards", "pairvm.print_ssh_forwards", show="text"),
+    Command("swaplive", "pairvm.migrate", (NAME,), (Flag("--away", {"away": True}),
+                                                  Flag("--cleanup", {"cleanup": True})), progress=True),
 )
 FORMS = {}
 for _entry in TABLE:
@@ -178,7 +180,6 @@ COMMANDS = {name: forms[0] for name, forms in FORMS.items()}  # the first form o
 # Commands of the old tool that a later version provides: (what it did, what to use instead).
 LATER = {
     "swap": ("move a stopped VM to the peer", None),
-    "swaplive": ("live-migrate a running VM to the peer", None),
     "graphite_stats": ("send VM statistics to Graphite", None),
 }
 

@@ -19,6 +19,8 @@ CODES = {
     "EDRBDDISCONNECTED": "DRBD resource down or not Connected",
     "EDRBDNOTUPTODATE": "DRBD disc on a host not UpToDate",
     "EVMRUNNINGTWICE": "VM running on both hosts",
+    "EDRBDDUALPRIMARY": "DRBD resource allows two primaries outside a live migration",
+    "EVMAWAY": "VM running on the host that is not its home",
     "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
     "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
     "EDISCGROWN": "a VM's LVs are bigger than its pillar disc (grown by pairvm.resize)",
@@ -120,6 +122,11 @@ def vm_host_checks(host, fact, expected, settings):
                                   f"authentication (no cram-hmac-alg and shared secret): anything that "
                                   f"reaches the replication network can connect to it; re-apply "
                                   f"pairvm.vms (drbdadm adjust {name} takes the secret)"))
+    for name in fact.get("two_primaries") or []:
+        found.append(finding("ERROR", "EDRBDDUALPRIMARY", name, host,
+                              f"DRBD resource {name} allows two primaries: unless a live migration of "
+                              f"{name} runs now, one was interrupted: salt-run pairvm.migrate {name} "
+                              f"cleanup=True"))
     for name, listen in sorted(fact["vnc"].items()):
         if listen is not None and listen != VNC_LOCAL:
             found.append(finding("ERROR", "EVNCNOTLOCAL", name, host,
@@ -167,6 +174,12 @@ def pair_checks(facts, expected, wanted_state):
         found.append(finding("ERROR", "EVMRUNNINGTWICE", name, None,
                               f"running on both {host_a} and {host_b}: both write to the disc; "
                               f"stop it on one host at once"))
+    for name in sorted(running[host_a] ^ running[host_b]):
+        home, there = wanted_state(name)[2], host_a if name in running[host_a] else host_b
+        if home and home != there:
+            found.append(finding("WARNING", "EVMAWAY", name, there,
+                                  f"runs away from its home {home} (salt-run pairvm.migrate {name} "
+                                  f"brings it home)"))
     for name in sorted(expected):
         state, suppressed, home = wanted_state(name)
         defined = name in fact_a["machines"] or name in fact_b["machines"]

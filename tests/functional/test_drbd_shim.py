@@ -432,11 +432,11 @@ def test_peers_connect_only_with_the_same_secret_and_show_tells_the_product(pair
     b.run(["drbdadm", "adjust", "r9"])
     time.sleep(0.5)
     assert "connection:Connecting" in a.run(["drbdsetup", "events2", "--now", "r9"]).stdout
-    assert product_drbd._parse_auth(b.run(["drbdsetup", "show", "all"]).stdout)["r9"] is False
+    assert product_drbd.drbdconf.peer_auth(b.run(["drbdsetup", "show", "all"]).stdout)["r9"] is False
     b.write("/etc/drbd.d/r9.res", resfile("r9", 9, 7799, disks, secret("one-secret")))
     b.run(["drbdadm", "adjust", "r9"])
     wait_for(a, "r9", ("Secondary", "Secondary", "Established", "Inconsistent", "Inconsistent"))
     shown = a.run(["drbdsetup", "show", "all"]).stdout
-    assert 'shared-secret' in shown and product_drbd._parse_auth(shown)["r9"] is True
+    assert 'shared-secret' in shown and product_drbd.drbdconf.peer_auth(shown)["r9"] is True
     for h in (a, b):
         h.run(["drbdadm", "down", "r9"])

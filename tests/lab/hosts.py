@@ -22,8 +22,9 @@ DATA = Path("/var/tmp/pvlab")
 LOOP_NODES = 640
 # libvirtd probes QEMU for 8 s on a cold start; its cache is valid across labs.
 CAPS_CACHE = REPO / ".cache" / "libvirt-capabilities"
-# The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot.
-GUEST = REPO / ".cache" / "guest"
+# The test guest (tests/guest), copied into each host's /var/lib/libvirt/boot;
+# PVLAB_GUEST_DIR as for tests/guest/build.
+GUEST = Path(os.environ.get("PVLAB_GUEST_DIR") or REPO / ".cache" / "guest")
 
 # Paths each host gets privately (bind mounts): what the product uses, and
 # /run, where daemons keep pid files and sockets.
@@ -227,23 +228,55 @@ class LabHost:
         """
         caps = self.root / "var/cache/libvirt/qemu/capabilities"
         _copy_tree(CAPS_CACHE, caps)
-        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemons
-        self.daemons = [
-            subprocess.Popen(self.argv([daemon]), stdout=log, stderr=log, start_new_session=True)
-            for daemon in ("virtlogd", "libvirtd")
-        ]
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("virtlogd")]
+        self.start_libvirtd(timeout)
+        _copy_tree(caps, CAPS_CACHE)
+
+    def _spawn(self, *argv):
+        log = open(self.dir / "daemons.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+        return subprocess.Popen(self.argv(list(argv)), stdout=log, stderr=log, start_new_session=True)
+
+    def start_libvirtd(self, timeout=30):
+        """(Re)start libvirtd (its guests' QEMU processes live on without it); wait for virsh."""
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("libvirtd")]
         deadline = time.monotonic() + timeout
         while True:
             probe = self.run(["virsh", "-c", "qemu:///system", "version"], check=False)
             if probe.returncode == 0:
-                _copy_tree(caps, CAPS_CACHE)
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"[{self.name}] libvirtd did not answer: {probe.stderr}")
             time.sleep(0.2)
 
+    def kill_libvirtd(self):
+        """SIGKILL libvirtd, as a crash would (a fault test); start_libvirtd brings it back."""
+        for proc in [p for p in self.daemons if p.args[-1] == "libvirtd"]:
+            proc.kill()
+            proc.wait()
+            self.daemons.remove(proc)
+
+    def start_sshd(self, timeout=15):
+        """A real sshd on the host's admin address, as a production host has: the peer
+        reaches it with root's key (pairvm.host.ssh sets the trust up) for a live migration.
+        Its sessions get the lab's PATH (the shims first), as every lab process does."""
+        conf = self.dir / "sshd_config"
+        env = lab_environ(self.name)
+        conf.write_text(
+            f"ListenAddress {self.admin_ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
+            "PermitRootLogin prohibit-password\nPidFile none\nUsePAM no\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"SetEnv PATH={env['PATH']} PVLAB_DATA={env['PVLAB_DATA']}\n")
+        self.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
+        self.daemons = [*getattr(self, "daemons", []), self._spawn("/usr/sbin/sshd", "-D", "-f", str(conf),
+                                                   "-E", str(self.dir / "sshd.log"))]
+        deadline = time.monotonic() + timeout
+        while self.run(["sh", "-c", f"ss -ltn | grep -q '{self.admin_ip}:22 '"], check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"[{self.name}] sshd did not listen on {self.admin_ip}:22")
+            time.sleep(0.1)
+
     def stop_libvirt(self):
-        """Destroy every domain, then stop libvirtd and virtlogd."""
+        """Destroy every domain, then stop the daemons (libvirtd, virtlogd, sshd)."""
         listing = self.run(["virsh", "-c", "qemu:///system", "list", "--name"], check=False)
         for dom in listing.stdout.split():
             self.run(["virsh", "-c", "qemu:///system", "destroy", dom], check=False)

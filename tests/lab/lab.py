@@ -104,6 +104,7 @@ class Lab:
             self._create_storage(host)
             if self.libvirt:
                 host.start_libvirt()
+                host.start_sshd()
 
     def _wire(self, hosts):
         """Admin links to the control bridge, replication and public links within each pair."""

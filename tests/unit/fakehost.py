@@ -20,7 +20,7 @@ from salt.exceptions import CommandExecutionError
 from tests.unit.conftest import load
 
 MODULE_FILES = ("pairvm", "pairvm_console", "pairvm_storage", "pairvm_backup", "pairvm_image",
-                "pairvm_health")
+                "pairvm_health", "pairvm_migrate")
 MODULES = {name: load(f"_modules/{name}.py", f"unit_{name}") for name in MODULE_FILES}
 
 
@@ -217,6 +217,7 @@ class Host:
         monkeypatch.setattr(MODULES["pairvm"], "_send_frame", self._send_frame)
         self.snapshot_of = {}  # "vg/snapshot": origin LV name
         self.drbd_auth = {}  # resource: False when its running config has no peer authentication
+        self.drbd_show = ""  # what drbdsetup show prints
         impls = {
             "config.get": self._config_get,
             "lvm.lvdisplay": self._lvdisplay,
@@ -234,6 +235,7 @@ class Host:
             "drbd.adjust": self._drbd_adjust,
             "drbd.peer_auth": lambda: {name: self.drbd_auth.get(name, True) for name in self.drbd},
             "drbd.check_config": lambda path, node=None: "",
+            "drbd.show": lambda name: self.drbd_show,
             "cmd.run_all": self._run_all,
         }
         self.salt = {key: mock.Mock(side_effect=self._logged(key, impl)) for key, impl in impls.items()}

@@ -94,6 +94,10 @@ def test_status_of_nothing(drbd):
     (("resize", "vm1"), ["drbdadm", "resize", "vm1"]),
     (("adjust", "vm1"), ["drbdadm", "adjust", "vm1"]),
     (("dry_run_up", "vm1"), ["drbdadm", "-d", "up", "vm1"]),
+    (("net_options", "vm1", True), ["drbdadm", "net-options", "--allow-two-primaries=yes", "vm1"]),
+    (("net_options", "vm1", False), ["drbdadm", "net-options", "--allow-two-primaries=no", "vm1"]),
+    (("net_options", "vm1", "yes"), ["drbdadm", "net-options", "--allow-two-primaries=no", "vm1"]),
+    (("show", "vm1"), ["drbdsetup", "show", "vm1"]),
 ])
 def test_argv(drbd, call, expected):
     getattr(drbd, call[0])(*call[1:])
@@ -140,7 +144,7 @@ def test_failure_message_names_command_and_stderr(drbd):
 
 BAD = ["", "Vm1", "1vm", "vm1;reboot", "vm 1", "-vm", "vm1$(id)", "a" * 16, "../x", 3, "vm1\n"]
 FUNCS = ["status", "create_md", "up", "down", "primary", "secondary", "connect", "disconnect",
-         "resize", "adjust", "dry_run_up"]
+         "resize", "adjust", "dry_run_up", "net_options", "show"]
 
 
 @pytest.mark.parametrize("func, bad", [(f, b) for f in FUNCS for b in BAD]

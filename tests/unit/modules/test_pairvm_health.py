@@ -79,9 +79,14 @@ class FactsHost:
             "config.get": mock.Mock(side_effect=lambda key, default=None: default),
             "drbd.status": mock.Mock(return_value={name: {"connection": "Connected", "disk": "UpToDate"}
                                                    for name in definitions}),
-            "drbd.peer_auth": mock.Mock(return_value={name: name != "vm2" for name in definitions}),
             "lvm.lvdisplay": mock.Mock(return_value=lvdisplay),
             "cmd.run_all": mock.Mock(return_value={"retcode": 0, "stdout": json.dumps(VGS), "stderr": ""}),
+            # drbdsetup show all: every resource connects to its peer, vm2 without authentication
+            "drbd.show": mock.Mock(return_value="".join(
+                f"resource {name} {{\n    net {{\n"
+                + ("" if name == "vm2" else "        cram-hmac-alg sha1;\n        shared-secret \"s\";\n")
+                + "    }\n    _remote_host {\n        address ipv4 10.78.0.12:7790;\n    }\n}\n"
+                for name in definitions)),
         }
         loader_mock(pairvm, salt=self.salt, grains={"id": "hostA"})
         pairvm.__pillar__ = {}
@@ -102,7 +107,7 @@ def queries(host):
         "libvirt.open": host.open.call_count,
         "listAllDomains": host.conn.listAllDomains.call_count,
         "drbd.status": host.salt["drbd.status"].call_count,
-        "drbd.peer_auth": host.salt["drbd.peer_auth"].call_count,
+        "drbd.show": host.salt["drbd.show"].call_count,
         "lvm.lvdisplay": host.salt["lvm.lvdisplay"].call_count,
         "vgs": host.salt["cmd.run_all"].call_count,
     }
@@ -112,8 +117,9 @@ def queries(host):
 def test_facts_asks_each_thing_once_whatever_the_number_of_vms(tmp_path, monkeypatch, loader_mock, count):
     host = FactsHost(tmp_path, monkeypatch, loader_mock, count)
     facts = pairvm.facts()
-    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "drbd.peer_auth": 1,
+    assert queries(host) == {"libvirt.open": 1, "listAllDomains": 1, "drbd.status": 1, "drbd.show": 1,
                              "lvm.lvdisplay": 1, "vgs": 1}
+    host.salt["drbd.show"].assert_called_once_with("all")
     assert len(facts["machines"]) == count
     # XMLDesc is a libvirt call, not a process: once per running pairvm domain, never for others
     assert sorted(host.xmldesc_calls) == sorted(host.records)

@@ -534,10 +534,21 @@ def test_a_suppressed_vm_not_running_is_a_warning(pair, how):
     assert result["ok"] is True and result["retcode"] == 0
 
 
-def test_a_vm_running_away_from_home_is_running(pair):
+def test_a_vm_running_away_from_home_is_running_and_a_warning(pair):
     pair.facts["hostB"]["running"].remove("vm2")
     pair.facts["hostA"]["running"].append("vm2")
-    assert runner.verify()["findings"] == []
+    ret = runner.verify()
+    assert ret["ok"] and ret["lines"] == [
+        "WARNING EVMAWAY vm2@hostA: runs away from its home hostB "
+        "(salt-run pairvm.migrate vm2 brings it home)"]
+
+
+def test_a_dual_primary_window_left_open(pair):
+    pair.facts["hostA"]["two_primaries"] = ["vm1"]
+    ret = runner.verify()
+    assert not ret["ok"] and [(f["code"], f["vm"], f["host"]) for f in ret["findings"]] == [
+        ("EDRBDDUALPRIMARY", "vm1", "hostA")]
+    assert "salt-run pairvm.migrate vm1 cleanup=True" in ret["lines"][0]
 
 
 def test_a_stopped_vm_may_run_nowhere(pair):
