@@ -23,6 +23,10 @@ pairvm:
     resync_rate: 100M
     connect_int: 2
   vms: {}
+  # Metrics: each lab host's private /var/lib/pairvm (the machine's own
+  # /var/lib/prometheus is not the lab's).
+  metrics:
+    textfile: /var/lib/pairvm/metrics/pairvm.prom
   # Host setup (pairvm.host): the lab builds its links, installs the packages
   # and starts libvirtd itself; its volume groups sit on loop devices whose
   # names change from run to run, so they are left out here.

@@ -127,13 +127,14 @@ TABLE = (
                                                       Arg("name", "vm", optional=True)),
             show="verify", progress=True),
     Command("print_ssh_forwards", "pairvm.print_ssh_forwards", show="text"),
+    Command("metrics", "pairvm.metrics", show="text"),
+    Command("graphite_stats", "pairvm.graphite_stats", (Arg("prefix", optional=True),), show="text"),
 )
 COMMANDS = {command.name: command for command in TABLE}
 # Commands of the old tool that a later version provides: (what it did, what to use instead).
 LATER = {
     "swap": ("move a stopped VM to the peer", None),
     "swaplive": ("live-migrate a running VM to the peer", None),
-    "graphite_stats": ("send VM statistics to Graphite", None),
     "chkconfig": ("compare the VM configuration across the pair", "`salt-run pairvm.verify` on the master"),
 }
 

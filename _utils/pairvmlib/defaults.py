@@ -59,8 +59,16 @@ HOST = {
     "hosts": {},
 }
 CLI = {"path": "/usr/local/sbin/pairvm"}
+# Metrics (pairvm.metrics, write_metrics, graphite_stats; salt/pairvm/host/metrics.sls).
+METRICS = {
+    "textfile": "/var/lib/prometheus/node-exporter/pairvm.prom",  # node_exporter's textfile collector
+    "interval": 60,  # seconds between two writes of the textfile (0: no schedule)
+    "graphite": {"carbon": None, "prefix": "", "interval": 60},  # carbon HOST[:PORT]; None: no schedule
+}
+# The reactor's reconnect of a plainly disconnected DRBD resource (pairvm.reconnect).
+RECONNECT = {"attempts": 5, "backoff": 2}  # tries; seconds before the second, doubled each time
 
 
 def pillar():
     """The defaults of the whole pillar ``pairvm:``, a fresh copy (map.jinja merges pillar over it)."""
-    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI})
+    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI, "metrics": METRICS})
