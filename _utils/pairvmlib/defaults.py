@@ -65,10 +65,13 @@ METRICS = {
     "interval": 60,  # seconds between two writes of the textfile (0: no schedule)
     "graphite": {"carbon": None, "prefix": "", "interval": 60},  # carbon HOST[:PORT]; None: no schedule
 }
+# The pairvm_drbd beacon (salt/pairvm/host/watch.sls): on, and its debounce (seconds).
+WATCH = {"beacon": True, "debounce": 2, "max_delay": 30}
 # The reactor's reconnect of a plainly disconnected DRBD resource (pairvm.reconnect).
 RECONNECT = {"attempts": 5, "backoff": 2}  # tries; seconds before the second, doubled each time
 
 
 def pillar():
     """The defaults of the whole pillar ``pairvm:``, a fresh copy (map.jinja merges pillar over it)."""
-    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI, "metrics": METRICS})
+    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI, "metrics": METRICS,
+                          "watch": WATCH})

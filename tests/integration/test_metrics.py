@@ -196,6 +196,8 @@ def whisper_values(host, path):
 
 
 def test_graphite_stats_printed_and_received_by_carbon(mx1, carbon, salt_cli, lab):
+    # the host command, as pairvm.config installs it
+    assert salt_cli.run("state.apply", "pairvm.config", minion_tgt="hostA").returncode == 0
     printed = carbon.run(["pairvm", "graphite_stats"]).stdout.splitlines()
     running = [line for line in printed if line.startswith("pairvm.mx1.running ")]
     assert len(running) == 1 and running[0].split()[1] == "1", printed

@@ -23,7 +23,13 @@ SERVED = {
     "_runners": REPO / "_runners",
     "_pillar": REPO / "_pillar",
     "_utils": REPO / "_utils",
+    "_beacons": REPO / "_beacons",
 }
+# The reactor of the formula (README "Monitoring"), as an operator sets it up.
+REACTOR = [
+    {"salt/beacon/*/pairvm_drbd/*": ["salt://pairvm/reactor/drbd.sls"]},
+    {"salt/minion/*/start": ["salt://pairvm/reactor/autostart.sls"]},
+]
 
 
 def file_tree(dest):
@@ -47,6 +53,7 @@ def master_config(root, pillar_root=REPO / "pillar"):
         "ext_pillar": [{"pairvm_registry": {}}],
         "fileserver_followsymlinks": True,
         "timeout": 30,
+        "reactor": REACTOR,
     }
 
 
@@ -65,7 +72,11 @@ TEST_PILLAR_TOP = """base:
   '*':
     - pairvm
     - test_vms
+    - test_watch
 """
+# The tests run without the DRBD beacon (its reactor would reconnect what a
+# test disconnects); tests/integration/test_watch.py turns it on for itself.
+TEST_WATCH = "pairvm:\n  watch:\n    beacon: false\n"
 
 
 def make_test_pillar_root(root):
@@ -77,6 +88,7 @@ def make_test_pillar_root(root):
     if not (root / "pairvm.sls").exists():
         (root / "pairvm.sls").symlink_to(REPO / "pillar" / "pairvm.sls")
     (root / "test_vms.sls").write_text("{}\n")
+    (root / "test_watch.sls").write_text(TEST_WATCH)
     return root
 
 

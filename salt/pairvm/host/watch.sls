@@ -1,0 +1,25 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# The pairvm_drbd beacon (pillar pairvm:watch; README "Monitoring"): one
+# long-lived `drbdsetup events2` reader per host whose debounced events
+# (salt/beacon/<minion>/pairvm_drbd/<resource>/<event>) feed the reactor of
+# salt/pairvm/reactor/. Saved in the minion's beacons.conf.
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import pairvm with context %}
+{%- set watch = pairvm.watch %}
+{%- if watch.beacon %}
+
+pairvm-host-watch-beacon:
+  beacon.present:
+    - name: pairvm_drbd
+    - save: true
+    - interval: 1
+    - debounce: {{ watch.debounce }}
+    - max_delay: {{ watch.max_delay }}
+{%- else %}
+
+pairvm-host-watch-beacon:
+  beacon.absent:
+    - name: pairvm_drbd
+    - save: true
+{%- endif %}
