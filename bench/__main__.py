@@ -3,8 +3,9 @@ tier of ./scripts/test: each one runs briefly and prints its figures; no target 
 
 import sys
 
-from bench import backup_throughput, vm_scale
+from bench import backup_throughput, metrics, vm_scale
 
 quick = "--quick" in sys.argv[1:]
 vm_scale.main(quick=quick)
 backup_throughput.main(quick=quick)
+metrics.main(quick=quick)

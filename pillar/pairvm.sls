@@ -39,3 +39,6 @@ pairvm:
       bridge: {ports: [pub0]}
     libvirt:
       manage_service: false
+    # /etc/systemd is the machine's own: the boot unit goes to a private path.
+    boot:
+      unit: /var/lib/pairvm/systemd/pairvm-autostart.service

@@ -56,6 +56,8 @@ HOST = {
         "peer_keys": {},
     },
     "completion": {"path": "/etc/bash_completion.d/pairvm"},
+    # The systemd unit that runs `pairvm autostart` at boot, master or not.
+    "boot": {"unit": "/etc/systemd/system/pairvm-autostart.service", "enable": True},
     "hosts": {},
 }
 CLI = {"path": "/usr/local/sbin/pairvm"}

@@ -3,7 +3,7 @@
 # Host setup of a pairvm host (the old first_time_setup), from pillar
 # pairvm:host (docs/host-pillar.md): packages, network, volume groups, DRBD's
 # common configuration, libvirt, SSH trust with the peer, the host command,
-# the backup and metrics schedules, the DRBD beacon.
+# the backup and metrics schedules, the DRBD beacon, the boot unit.
 include:
   - .packages
   - .network
@@ -15,3 +15,4 @@ include:
   - .backup
   - .metrics
   - .watch
+  - .boot

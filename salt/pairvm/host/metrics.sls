@@ -7,6 +7,9 @@
 # to Graphite (pairvm.graphite_stats). pairvm.metrics_settings checks the
 # pillar first. On a bare host's first highstate the pairvm module cannot
 # load yet (no libvirt binding): the jobs come with the next state run.
+{#- Masterless (salt-call --local): no minion daemon to tell; the job goes
+    straight into the minion's schedule file. #}
+{%- set offline = opts.get('file_client') == 'local' %}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import pairvm with context %}
 
@@ -35,6 +38,7 @@ pairvm-host-metrics-schedule:
     - seconds: {{ metrics.interval }}
     - maxrunning: 1
     - return_job: false
+    - offline: {{ offline }}
     - require:
       - file: pairvm-host-metrics-textfile-dir
 {%- else %}
@@ -42,6 +46,7 @@ pairvm-host-metrics-schedule:
 pairvm-host-metrics-schedule:
   schedule.absent:
     - name: pairvm-metrics
+    - offline: {{ offline }}
 {%- endif %}
 
 {%- if metrics.graphite.carbon %}
@@ -56,10 +61,12 @@ pairvm-host-metrics-graphite-schedule:
     - seconds: {{ metrics.graphite.interval }}
     - maxrunning: 1
     - return_job: false
+    - offline: {{ offline }}
 {%- else %}
 
 pairvm-host-metrics-graphite-schedule:
   schedule.absent:
     - name: pairvm-graphite
+    - offline: {{ offline }}
 {%- endif %}
 {%- endif %}

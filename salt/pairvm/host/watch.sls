@@ -3,11 +3,19 @@
 # The pairvm_drbd beacon (pillar pairvm:watch; README "Monitoring"): one
 # long-lived `drbdsetup events2` reader per host whose debounced events
 # (salt/beacon/<minion>/pairvm_drbd/<resource>/<event>) feed the reactor of
-# salt/pairvm/reactor/. Saved in the minion's beacons.conf.
+# salt/pairvm/reactor/. Saved in the minion's beacons.conf. A beacon lives in
+# the minion daemon: a masterless run (salt-call --local) leaves it alone.
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import pairvm with context %}
 {%- set watch = pairvm.watch %}
-{%- if watch.beacon %}
+{%- if opts.get('file_client') == 'local' %}
+
+pairvm-host-watch-beacon:
+  test.show_notification:
+    - text: >-
+        masterless run: a beacon is managed through a running minion (and
+        reports to a master); the pairvm_drbd beacon is left as it is
+{%- elif watch.beacon %}
 
 pairvm-host-watch-beacon:
   beacon.present:
