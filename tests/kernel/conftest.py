@@ -19,7 +19,7 @@ from tests.lab.hosts import REPO
 # resync options), libvirt's built-in test driver instead of qemu:///system
 # (no VM is started: the storage is the point), and the tier's VMs.
 VMS = {
-    "kvm1": 1, "kvm2": 2, "kc1": 3,
+    "kvm1": 1, "kvm2": 2, "kc1": 3, "kmx1": 4,
 }
 
 
