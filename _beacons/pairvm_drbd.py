@@ -100,10 +100,9 @@ class Reader:
 
 
 def _marks():
-    try:
-        return set(os.listdir(layout.SPLIT_BRAIN_DIR))
-    except OSError:
-        return set()
+    """The resources DRBD's split-brain handler marked (``layout.SPLIT_BRAIN_DIR``)."""
+    directory = layout.SPLIT_BRAIN_DIR
+    return set(os.listdir(directory)) if os.path.isdir(directory) else set()
 
 
 def beacon(config):

@@ -31,46 +31,46 @@ REPLICATION_STATES = ("Off", "Established", "SyncSource", "SyncTarget")
 BACKUP_RESULTS = ("success", "failure")
 SOURCES = ("drbd", "libvirt", "lvm", "backup_state")
 
-FAMILIES = {
-    # DRBD, per VM whose resource is up on this host
-    "pairvm_drbd_connection_state": ("gauge", "DRBD connection state of the VM's resource (1 = current)"),
-    "pairvm_drbd_replication_state": ("gauge", "DRBD replication state of the VM's resource (1 = current)"),
-    "pairvm_drbd_disk_state": ("gauge", "DRBD disc state, side local or peer (1 = current)"),
-    "pairvm_drbd_role": ("gauge", "DRBD role, side local or peer (1 = current)"),
-    "pairvm_drbd_split_brain": ("gauge", "1 when the resource is StandAlone after an unresolved split brain"),
-    "pairvm_drbd_out_of_sync_bytes": ("gauge", "Bytes this side knows to differ from the peer"),
-    "pairvm_drbd_resync_done_ratio": ("gauge", "Share of the device in sync with the peer (0-1; 1 when "
-                                               "nothing is out of sync)"),
-    "pairvm_drbd_network_sent_bytes_total": ("counter", "Bytes sent to the peer over the replication link"),
-    "pairvm_drbd_network_received_bytes_total": ("counter", "Bytes received from the peer"),
-    "pairvm_drbd_disk_read_bytes_total": ("counter", "Bytes read from the local backing disc"),
-    "pairvm_drbd_disk_written_bytes_total": ("counter", "Bytes written to the local backing disc"),
-    "pairvm_drbd_device_size_bytes": ("gauge", "Size of the DRBD device"),
-    # VMs, per VM defined on this host (/machines)
-    "pairvm_vm_info": ("gauge", "A VM defined on this host: its home and the reporting host (always 1)"),
-    "pairvm_vm_should_run": ("gauge", "1 when the VM's desired state is running and it is not suppressed "
-                                      "here"),
-    "pairvm_vm_running": ("gauge", "1 when the VM runs on this host"),
-    "pairvm_vm_away": ("gauge", "1 when the VM runs on this host and this host is not its home"),
-    "pairvm_vm_memory_bytes": ("gauge", "Memory given to the VM"),
-    "pairvm_vm_vcpus": ("gauge", "Virtual CPUs of the VM"),
-    "pairvm_vm_disc_size_bytes": ("gauge", "Size of the VM's LV on this host"),
-    "pairvm_vm_cpu_seconds_total": ("counter", "CPU time the running VM used on this host"),
-    "pairvm_vm_disc_read_bytes_total": ("counter", "Bytes the running VM read from its discs"),
-    "pairvm_vm_disc_written_bytes_total": ("counter", "Bytes the running VM wrote to its discs"),
-    # backups made on this host (pairvm.backup keeps the state file)
-    "pairvm_backup_last_success_timestamp_seconds": ("gauge", "End of the VM's last successful backup from "
-                                                              "this host (Unix time)"),
-    "pairvm_backup_last_duration_seconds": ("gauge", "Duration of the VM's last backup attempt"),
-    "pairvm_backup_last_size_bytes": ("gauge", "Bytes of disc read by the VM's last successful backup"),
-    "pairvm_backup_last_result": ("gauge", "Result of the VM's last backup attempt (1 = current)"),
-    # the pair and this host
-    "pairvm_pair_memory_cap_bytes": ("gauge", "The pair's memory cap (0: none)"),
-    "pairvm_pair_memory_defined_bytes": ("gauge", "Memory of every VM of the pair"),
-    "pairvm_host_memory_running_bytes": ("gauge", "Memory of the VMs running on this host"),
-    "pairvm_collector_success": ("gauge", "1 when the source's one query of this collection answered"),
-    "pairvm_collection_timestamp_seconds": ("gauge", "When this collection was made (Unix time)"),
-}
+# Every family: NAME TYPE: HELP (lines starting with # group them).
+FAMILY_TABLE = """
+# DRBD, per VM whose resource is up on this host
+pairvm_drbd_connection_state gauge: DRBD connection state of the VM's resource (1 = current)
+pairvm_drbd_replication_state gauge: DRBD replication state of the VM's resource (1 = current)
+pairvm_drbd_disk_state gauge: DRBD disc state, side local or peer (1 = current)
+pairvm_drbd_role gauge: DRBD role, side local or peer (1 = current)
+pairvm_drbd_split_brain gauge: 1 when the resource is StandAlone after an unresolved split brain
+pairvm_drbd_out_of_sync_bytes gauge: Bytes this side knows to differ from the peer
+pairvm_drbd_resync_done_ratio gauge: Share of the device in sync with the peer (0-1; 1: nothing out of sync)
+pairvm_drbd_network_sent_bytes_total counter: Bytes sent to the peer over the replication link
+pairvm_drbd_network_received_bytes_total counter: Bytes received from the peer
+pairvm_drbd_disk_read_bytes_total counter: Bytes read from the local backing disc
+pairvm_drbd_disk_written_bytes_total counter: Bytes written to the local backing disc
+pairvm_drbd_device_size_bytes gauge: Size of the DRBD device
+# VMs, per VM defined on this host (/machines)
+pairvm_vm_info gauge: A VM defined on this host: its home and the reporting host (always 1)
+pairvm_vm_should_run gauge: 1 when the VM's desired state is running and it is not suppressed here
+pairvm_vm_running gauge: 1 when the VM runs on this host
+pairvm_vm_away gauge: 1 when the VM runs on this host and this host is not its home
+pairvm_vm_memory_bytes gauge: Memory given to the VM
+pairvm_vm_vcpus gauge: Virtual CPUs of the VM
+pairvm_vm_disc_size_bytes gauge: Size of the VM's LV on this host
+pairvm_vm_cpu_seconds_total counter: CPU time the running VM used on this host
+pairvm_vm_disc_read_bytes_total counter: Bytes the running VM read from its discs
+pairvm_vm_disc_written_bytes_total counter: Bytes the running VM wrote to its discs
+# backups made from this host (pairvm.backup keeps the state file)
+pairvm_backup_last_success_timestamp_seconds gauge: End of the last good backup from this host (Unix time)
+pairvm_backup_last_duration_seconds gauge: Duration of the VM's last backup attempt
+pairvm_backup_last_size_bytes gauge: Bytes of disc read by the VM's last successful backup
+pairvm_backup_last_result gauge: Result of the VM's last backup attempt (1 = current)
+# the pair and this host
+pairvm_pair_memory_cap_bytes gauge: The pair's memory cap (0: none)
+pairvm_pair_memory_defined_bytes gauge: Memory of every VM of the pair
+pairvm_host_memory_running_bytes gauge: Memory of the VMs running on this host
+pairvm_collector_success gauge: 1 when the source's one query of this collection answered
+pairvm_collection_timestamp_seconds gauge: When this collection was made (Unix time)
+"""
+FAMILIES = {name: tuple(rest.split(": ", 1)) for name, rest in
+            (line.split(" ", 1) for line in FAMILY_TABLE.strip().splitlines() if not line.startswith("#"))}
 
 
 def _states(name, labels, key, current, known):
