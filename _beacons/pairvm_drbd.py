@@ -27,10 +27,19 @@ Configuration (minion config or pillar ``beacons``; the formula's
 import logging
 import os
 import subprocess
+import sys
 import time
 
 import salt.utils.path
-from pairvmlib import drbdevents, layout
+
+# Salt's beacons loader, unlike the execution modules' one, does not put the
+# synced _utils directory on sys.path: it is the sibling of this file's
+# directory (<extension_modules>/beacons/ and <extension_modules>/utils/).
+UTILS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "utils")
+if os.path.isdir(os.path.join(UTILS_DIR, "pairvmlib")) and UTILS_DIR not in sys.path:
+    sys.path.append(UTILS_DIR)
+
+from pairvmlib import drbdevents, layout  # noqa: E402 - after the path above
 
 __virtualname__ = "pairvm_drbd"
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ def readers(lab):
 def beacons(salt_cli, lab, minions):
     ret = salt_cli.run("state.apply", "pairvm.host.watch", f"pillar={json.dumps(WATCH_PILLAR)}",
                        minion_tgt="*")
-    assert ret.returncode == 0, ret
+    assert ret.returncode == 0, {h: [r.get("comment") for r in states.values()]
+                                 for h, states in ret.data.items()}
     wait_for(lambda: all(len(r) == 1 for r in readers(lab).values()), "one events2 reader per host")
     yield
     for name in HOSTS:

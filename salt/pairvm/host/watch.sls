@@ -16,6 +16,16 @@ pairvm-host-watch-beacon:
         masterless run: a beacon is managed through a running minion (and
         reports to a master); the pairvm_drbd beacon is left as it is
 {%- elif watch.beacon %}
+{#- saltutil.sync_all copies the beacon but does not reload the minion's
+    beacons: until they are reloaded, the beacon is "not available". #}
+{%-   if 'pairvm_drbd' not in (salt['beacons.list_available'](return_yaml=False) or []) %}
+
+pairvm-host-watch-beacon-reload:
+  module.run:
+    - saltutil.refresh_beacons: []
+    - require_in:
+      - beacon: pairvm-host-watch-beacon
+{%-   endif %}
 
 pairvm-host-watch-beacon:
   beacon.present:
@@ -24,6 +34,9 @@ pairvm-host-watch-beacon:
     - interval: 1
     - debounce: {{ watch.debounce }}
     - max_delay: {{ watch.max_delay }}
+    - retry:  # the reload above is asynchronous
+        attempts: 5
+        interval: 2
 {%- else %}
 
 pairvm-host-watch-beacon:

@@ -99,3 +99,30 @@ def test_a_reader_that_ends_is_started_again(drbdsetup):
     run_until(started(2))
     assert beacon.__context__[beacon.READER].proc.pid != first.pid
     assert first.stdout.closed
+
+
+LOADER_SCRIPT = """
+import sys, salt.config, salt.loader
+opts = salt.config.minion_config(None)
+opts["extension_modules"], opts["cachedir"] = sys.argv[1], sys.argv[2]
+loaded = salt.loader.beacons(opts, {})
+print("pairvm_drbd.beacon" in loaded, loaded.missing_fun_string("pairvm_drbd.beacon"))
+"""
+
+
+def test_salts_beacons_loader_loads_it_from_the_synced_tree(tmp_path):
+    """Salt's beacons loader does not put the synced _utils on sys.path (the execution
+    modules' loader does): the beacon finds pairvmlib beside itself, in a fresh process."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.unit.conftest import REPO
+
+    extmods = tmp_path / "extmods"
+    (extmods / "beacons").mkdir(parents=True)
+    shutil.copy(REPO / "_beacons" / "pairvm_drbd.py", extmods / "beacons")
+    shutil.copytree(REPO / "_utils" / "pairvmlib", extmods / "utils" / "pairvmlib")
+    res = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(extmods), str(tmp_path / "cache")],
+                         capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert res.stdout.startswith("True"), res.stdout + res.stderr
