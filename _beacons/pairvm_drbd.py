@@ -130,6 +130,7 @@ def beacon(config):
             reader.stop()
         try:
             reader = __context__[READER] = Reader()
+            log.info("pairvm_drbd: following drbdsetup events2 (pid %s)", reader.proc.pid)
         except OSError as exc:
             log.error("pairvm_drbd: cannot start drbdsetup events2: %s", exc)
             __context__.pop(READER, None)
@@ -140,6 +141,7 @@ def beacon(config):
     found = tracker.events(time.time(), _marks())
     for event in found:
         event["tag"] = f"{event['resource']}/{event['event']}"
+        log.info("pairvm_drbd: %s %s (%s)", event["resource"], event["event"], event["connection"])
     return found
 
 
