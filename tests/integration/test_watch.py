@@ -9,12 +9,15 @@ kernel's split-brain helper run) carry the claims about DRBD's side.
 """
 
 import json
+import os
+import subprocess
 import time
 
 import pytest
 
 from tests.integration.test_vm_lifecycle import HOSTS, drbd, hv, in_sync, wait_for
 from tests.lab.hosts import DATA
+from tests.lab.namespaces import NS_DIR
 
 WATCH_PILLAR = {"pairvm": {"watch": {"beacon": True, "debounce": 1, "max_delay": 20}}}
 
@@ -27,11 +30,17 @@ def create(salt_run_cli, salt_cli, name, home, state="stopped"):
 
 
 def readers(lab):
-    """The drbdsetup events2 followers running in the lab hosts."""
-    found = {}
-    for name in HOSTS:
-        res = lab.hosts[name].run(["pgrep", "-f", "drbdsetup events2 all"], check=False)
-        found[name] = res.stdout.split()
+    """{host: [pid]} of the drbdsetup events2 followers, by the UTS namespace each runs in
+    (one PID namespace: pgrep alone sees both hosts' processes)."""
+    pids = subprocess.run(["pgrep", "-f", "drbdsetup events2 all"], capture_output=True, text=True,
+                          check=False).stdout.split()
+    found = {name: [] for name in HOSTS}
+    hosts = {os.stat(NS_DIR / f"{name}.uts").st_ino: name for name in HOSTS}
+    for pid in pids:
+        try:
+            found[hosts[os.stat(f"/proc/{pid}/ns/uts").st_ino]].append(pid)
+        except (OSError, KeyError):  # ended meanwhile, or not a lab host's
+            continue
     return found
 
 
