@@ -25,7 +25,7 @@ from tests.lab.namespaces import NS_DIR
 # pillar or module refresh (salt.minion.Minion.beacons_refresh), and after the
 # refresh that pairvm.create causes no beacon run was seen for 15 s or more.
 # Not understood yet; see /work/notes/issue14.md. Remove the mark to run them.
-pytestmark = pytest.mark.skip(reason="beacon runs after a pillar refresh not yet understood (notes/issue14.md)")
+pytestmark = pytest.mark.skip(reason="beacon runs after a pillar refresh: not understood yet")
 
 WATCH_PILLAR = {"pairvm": {"watch": {"beacon": True, "debounce": 1, "max_delay": 20}}}
 
