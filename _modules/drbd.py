@@ -16,7 +16,9 @@ all``, whose 8.4 lines look like::
         replication:Established peer-disk:UpToDate resync-suspended:no
     exists -
 
-(one line per object; wrapped here).
+(one line per object; wrapped here). With ``--statistics`` the device line
+adds ``size: read: written:`` and the peer-device line ``received: sent:
+out-of-sync:`` (KiB); ``status(statistics=True)`` returns them.
 
 Split brain: DRBD 8.4 shows an unresolved split brain only as a StandAlone
 connection, exactly like an administrative ``drbdadm disconnect`` (events2,
@@ -74,8 +76,12 @@ def _adm(*args):
     return True
 
 
+STATISTICS = {"device": ("size", "read", "written"), "peer-device": ("received", "sent", "out-of-sync")}
+
+
 def _parse_events(text, marked=()):
-    """Parse events2 lines; ``marked``: resources the split-brain handler marked."""
+    """Parse events2 lines; ``marked``: resources the split-brain handler marked.
+    Statistics fields (``--statistics``), when present, go to ``statistics`` in KiB."""
     res = {}
     for line in text.splitlines():
         words = line.split()
@@ -103,6 +109,9 @@ def _parse_events(text, marked=()):
         elif kind == "peer-device":
             r["replication"] = fields.get("replication")
             r["peer_disk"] = fields.get("peer-disk")
+        for key in STATISTICS.get(kind, ()):
+            if fields.get(key, "").isdigit():
+                r.setdefault("statistics", {})[key.replace("-", "_")] = int(fields[key])
     for name, r in res.items():
         # 8.4 has no split-brain state: after "Split-Brain detected but
         # unresolved" the kernel drops the connection (StandAlone, as after a
@@ -115,7 +124,7 @@ def _parse_events(text, marked=()):
     return res
 
 
-def status(name=None):
+def status(name=None, statistics=False):
     """
     State of all DRBD resources known to the kernel (one ``drbdsetup events2
     --now all`` call), or of one resource.
@@ -126,7 +135,10 @@ def status(name=None):
     that resource's dict, or ``{}`` if it is down. ``split_brain`` is true for
     a StandAlone resource with a local disk that the kernel's split-brain
     handler marked (see the module docstring); a StandAlone resource after a
-    plain ``disconnect`` is not a split brain.
+    plain ``disconnect`` is not a split brain. ``statistics=True`` asks the
+    same one command with ``--statistics`` and adds ``statistics``: ``{size,
+    read, written, received, sent, out_of_sync}`` in KiB (what the kernel
+    reports of them).
 
     CLI Example:
 
@@ -134,10 +146,12 @@ def status(name=None):
 
         salt '*' drbd.status
         salt '*' drbd.status vm1
+        salt '*' drbd.status statistics=True
     """
     if name is not None:
         _name(name)
-    res = _parse_events(_run(["drbdsetup", "events2", "--now", "all"]), _split_brain_marks())
+    argv = ["drbdsetup", "events2", "--now", *(["--statistics"] if statistics else []), "all"]
+    res = _parse_events(_run(argv), _split_brain_marks())
     if name is not None:
         return res.get(name, {})
     return res

@@ -14,7 +14,7 @@ import os
 import subprocess
 
 from pairvmlib import backup as bk
-from pairvmlib import boundary, layout, transfer
+from pairvmlib import backupstate, boundary, layout, transfer
 from pairvmlib import host as hostlib
 from pairvmlib.errors import Failed
 from salt.exceptions import CommandExecutionError
@@ -139,6 +139,7 @@ def _backup_many(host, names, destination, settings, on_running_host, test):
     return {"name": ",".join(names), "changes": changes, "comment": comment, "vms": report}
 
 
+@backupstate.recorded  # the backup state file of the metrics
 def _backup_one(host, record, destination, settings, on_running_host, test):
     name, me = record["name"], host.me
     dest = bk.parse_destination(destination, name)

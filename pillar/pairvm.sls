@@ -23,6 +23,10 @@ pairvm:
     resync_rate: 100M
     connect_int: 2
   vms: {}
+  # Metrics: each lab host's private /var/lib/pairvm (the machine's own
+  # /var/lib/prometheus is not the lab's).
+  metrics:
+    textfile: /var/lib/pairvm/metrics/pairvm.prom
   # Host setup (pairvm.host): the lab builds its links, installs the packages
   # and starts libvirtd itself; its volume groups sit on loop devices whose
   # names change from run to run, so they are left out here.
@@ -35,3 +39,6 @@ pairvm:
       bridge: {ports: [pub0]}
     libvirt:
       manage_service: false
+    # /etc/systemd is the machine's own: the boot unit goes to a private path.
+    boot:
+      unit: /var/lib/pairvm/systemd/pairvm-autostart.service

@@ -171,6 +171,8 @@ TABLE = (
     Command("print_ssh_forwards", "pairvm.print_ssh_forwards", show="text"),
     Command("swaplive", "pairvm.migrate", (NAME,), (Flag("--away", {"away": True}),
                                                   Flag("--cleanup", {"cleanup": True})), progress=True),
+    Command("metrics", "pairvm.metrics", show="text"),
+    Command("graphite_stats", "pairvm.graphite_stats", (Arg("prefix", optional=True),), show="text"),
 )
 FORMS = {}
 for _entry in TABLE:
@@ -180,7 +182,6 @@ COMMANDS = {name: forms[0] for name, forms in FORMS.items()}  # the first form o
 # Commands of the old tool that a later version provides: (what it did, what to use instead).
 LATER = {
     "swap": ("move a stopped VM to the peer", None),
-    "graphite_stats": ("send VM statistics to Graphite", None),
 }
 
 

@@ -61,6 +61,8 @@ HOST = {
         "peer_keys": {},
     },
     "completion": {"path": "/etc/bash_completion.d/pairvm"},
+    # The systemd unit that runs `pairvm autostart` at boot, master or not.
+    "boot": {"unit": "/etc/systemd/system/pairvm-autostart.service", "enable": True},
     "hosts": {},
 }
 CLI = {"path": "/usr/local/sbin/pairvm"}
@@ -82,8 +84,19 @@ IMAGES = {
     "jammy": {"mirror": "ubuntu", "path": "jammy/current/jammy-server-cloudimg-amd64.img",
               "format": "qcow2", "checksums": "SHA256SUMS"},
 }
+# Metrics (pairvm.metrics, write_metrics, graphite_stats; salt/pairvm/host/metrics.sls).
+METRICS = {
+    "textfile": "/var/lib/prometheus/node-exporter/pairvm.prom",  # node_exporter's textfile collector
+    "interval": 60,  # seconds between two writes of the textfile (0: no schedule)
+    "graphite": {"carbon": None, "prefix": "", "interval": 60},  # carbon HOST[:PORT]; None: no schedule
+}
+# The pairvm_drbd beacon (salt/pairvm/host/watch.sls): on, and its debounce (seconds).
+WATCH = {"beacon": True, "debounce": 2, "max_delay": 30}
+# The reactor's reconnect of a plainly disconnected DRBD resource (pairvm.reconnect).
+RECONNECT = {"attempts": 5, "backoff": 2}  # tries; seconds before the second, doubled each time
 
 
 def pillar():
     """The defaults of the whole pillar ``pairvm:``, a fresh copy (map.jinja merges pillar over it)."""
-    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI})
+    return copy.deepcopy({**SETTINGS, "backup": BACKUP, "host": HOST, "cli": CLI, "metrics": METRICS,
+                          "watch": WATCH})

@@ -211,9 +211,11 @@ def pillar(host, **extra):
     pairvm = {
         "pair": PAIR, "bridge": "br0", "vms": {"web1": {"home": "hostA", "memory": 128, "disc": "64M"}},
         "cli": {"path": str(base / "sbin" / "pairvm")},
+        "metrics": {"textfile": str(base / "metrics" / "pairvm.prom")},
         "volume_groups": ["here", "there", "spare"],
         "host": {"manage_packages": False, "libvirt": {"manage_service": False},
                  "completion": {"path": str(base / "completion" / "pairvm")},
+                 "boot": {"unit": str(base / "systemd" / "pairvm-autostart.service")},
                  "network": {"apply": False}},
     }
     for key, value in extra.items():
@@ -245,11 +247,12 @@ def test_show_sls_has_every_part_with_template_formula_ids(host):
     host.pillar(pillar(host, network=network, volume_groups={"here": [host.loops["a"]]}))
     sls = host.salt("state.show_sls", "pairvm.host")
     assert isinstance(sls, dict), sls
-    ids = r"pairvm-(host-(packages|network|storage|drbd|libvirt|ssh|config)|config)-[a-z0-9-]+"
+    parts_re = "packages|network|storage|drbd|libvirt|ssh|config|metrics|watch|boot"
+    ids = rf"pairvm-(host-({parts_re})|config)-[a-z0-9-]+"
     assert all(re.fullmatch(ids, sid) for sid in sls), sorted(sls)
     parts = {sls[sid]["__sls__"] for sid in sls}
     assert parts == {f"pairvm.host.{p}" for p in ("packages", "network", "storage", "drbd", "libvirt", "ssh",
-                                                  "config")} | {"pairvm.config"}
+                                                  "config", "metrics", "watch", "boot")} | {"pairvm.config"}
     contents = next(arg["contents"] for arg in sls["pairvm-host-network-interfaces"]["file"]
                     if isinstance(arg, dict) and "contents" in arg)
     assert "address 10.77.0.11/24" in contents and "vlan-raw-device eth0" in contents
@@ -564,6 +567,15 @@ def test_full_host_state_converges_and_a_second_apply_changes_nothing(pristine, 
     assert f'sys.path.insert(0, "{pristine.run_dir}/var/cache/salt/minion/extmods/utils")' in launcher
     completion = (pristine.base / "completion" / "pairvm").read_text()
     assert 'local commands="help list check_system first_time_setup create' in completion
+    # The boot unit runs the host command's autostart, is enabled, and systemd accepts it.
+    unit = pristine.base / "systemd" / "pairvm-autostart.service"
+    assert f"\nExecStart={pristine.base / 'sbin' / 'pairvm'} autostart\n" in unit.read_text()
+    assert (pristine.base / "systemd" / "multi-user.target.wants" / unit.name).resolve() == unit
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                              check=False)
+    assert verified.returncode == 0 and "pairvm-autostart" not in verified.stderr, verified.stderr
+    # The metrics schedule (masterless: written offline into the minion's schedule).
+    assert first["pairvm-host-metrics-schedule"]["result"] is True, first["pairvm-host-metrics-schedule"]
 
     second = pristine.apply("pairvm.host")
     assert failed(second) == {} and changed(second) == {}, changed(second)

@@ -3,7 +3,7 @@
 # Host setup of a pairvm host (the old first_time_setup), from pillar
 # pairvm:host (docs/host-pillar.md): packages, network, volume groups, DRBD's
 # common configuration, libvirt, SSH trust with the peer, the host command,
-# the backup schedule.
+# the backup and metrics schedules, the DRBD beacon, the boot unit.
 include:
   - .packages
   - .network
@@ -13,3 +13,6 @@ include:
   - .ssh
   - .config
   - .backup
+  - .metrics
+  - .watch
+  - .boot

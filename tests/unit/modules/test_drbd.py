@@ -254,3 +254,24 @@ def test_peer_auth_reads_show_once_and_never_returns_or_logs_the_secret(drbd):
 def test_the_algorithm_or_the_secret_alone_is_no_authentication(drbd, line):
     drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": SHOW.replace(line, ""), "stderr": ""}
     assert drbd.peer_auth()["vm1"] is False
+
+
+# drbdsetup-84 `events2 --now --statistics all` (fields the 8.4 tools print, KiB)
+STATISTICS = "".join(line + "\n" for line in [
+    "exists resource name:vm1 role:Primary suspended:no write-ordering:flush",
+    "exists connection name:vm1 peer-node-id:0 conn-name:peer connection:Connected role:Secondary",
+    "exists device name:vm1 volume:0 minor:3 disk:UpToDate size:65400 read:1204 written:8192"
+    " al-writes:3 bm-writes:0 upper-pending:0 lower-pending:0",
+    "exists peer-device name:vm1 peer-node-id:0 conn-name:peer volume:0 replication:SyncSource"
+    " peer-disk:Inconsistent resync-suspended:no received:0 sent:40000 out-of-sync:25400 pending:0 unacked:0",
+    "exists -",
+])
+
+
+def test_status_with_statistics_is_the_same_one_command(drbd):
+    drbd.__salt__["cmd.run_all"].return_value = {"retcode": 0, "stdout": STATISTICS, "stderr": ""}
+    res = drbd.status(statistics=True)
+    assert argv(drbd) == [["drbdsetup", "events2", "--now", "--statistics", "all"]]
+    assert res["vm1"]["statistics"] == {"size": 65400, "read": 1204, "written": 8192, "received": 0,
+                                        "sent": 40000, "out_of_sync": 25400}
+    assert res["vm1"]["syncing"] is True and res["vm1"]["disk"] == "UpToDate"

@@ -28,7 +28,7 @@ OLD_COMMANDS = (
     "first_time_setup help create destroy start stop list cdrom image serial backup resize swap "
     "swaplive split_brain_victim autostart suppress monitor graphite_stats print_ssh_forwards chkconfig"
 ).split()
-NOT_YET = ("swap", "graphite_stats")
+NOT_YET = ("swap",)
 
 
 DOCS = {f"pairvm.{name}": func.__doc__ for name, func in vars(PAIRVM).items()}
