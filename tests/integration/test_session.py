@@ -462,7 +462,8 @@ def test_only_the_pairs_hosts_reach_the_runners_they_need(session, lab, salt_mas
     # The ACL the master runs is the product's (salt-run pairvm.peer_acl) for the lab's pairs.
     product = salt_run_cli.run("pairvm.peer_acl").data["peer_run"]
     assert set(product) == {"^hostA$", "^hostB$", "^hostC$", "^hostD$"}  # hostD: hostC's pair
-    assert {key: salt_master.config["peer_run"].get(key) for key in product} == product
+    running = salt_master.config["peer_run"]  # (saltfactories hands it out as immutable lists)
+    assert {key: list(running.get(key) or []) for key in product} == product
 
 
 # --- the master stopped (last: it restarts the master) -------------------------------------------
