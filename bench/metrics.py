@@ -39,8 +39,8 @@ def main(quick=False):
             start = time.monotonic()
             SaltCall(host)("state.apply", "pairvm.vms", timeout=1800)
             setup = time.monotonic() - start
-            runs = [vm_scale._measure(host, "pairvm.metrics") for _ in range(RUNS)]
-            wall, procs = min(runs)[0], max(p for _, p in runs)
+            wall = min(vm_scale._timed(host, "pairvm.metrics") for _ in range(RUNS))
+            procs = vm_scale._processes(host, "pairvm.metrics")
             figures[count] = (wall, procs)
             print(f"{count:>5} {setup:>8.1f} {wall:>10.2f} {procs:>13}", flush=True)
     finally:
