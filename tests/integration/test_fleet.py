@@ -19,11 +19,12 @@ import pytest
 
 import salt.utils.yaml
 from tests.integration.test_vm_lifecycle import footprint, wait_for
+from tests.lab import lab as labmod
 from tests.lab import saltlab
-from tests.lab.hosts import REPO
+from tests.lab.hosts import DATA, REPO
 
 PAIRS = {"default": ("hostA", "hostB"), "two": ("hostC", "hostD")}
-SECRET_LEAK_ROOTS = ("/var/tmp/pvlab", "/tmp/pvsalt")
+SECRET_LEAK_ROOTS = (str(DATA), str(labmod.SALT_TEST_ROOT))
 
 
 def second_pillar(network="second"):
