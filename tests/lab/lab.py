@@ -8,6 +8,7 @@
 ``python -m tests.lab up|down|clean|status|shell HOST`` does the same by hand.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -164,6 +165,9 @@ def clean():
             namespaces.sh(["umount", str(leftover)], check=False)
             leftover.unlink(missing_ok=True)
         namespaces.sh(["umount", str(namespaces.NS_DIR)], check=False)
+        for directory in (namespaces.NS_DIR, namespaces.NS_DIR.parent):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
     lablvm.detach_lab_loops(DATA)
     hostlib.remove_created_mountpoints()
     for tree in (DATA, SALT_TEST_ROOT):
