@@ -21,11 +21,6 @@ MODULE_SECONDS = {
 }
 
 
-def pytest_addoption(parser):
-    parser.addoption("--shard", default="1/1", metavar="K/N",
-                     help="run the K-th of N shards of about equal length (whole modules)")
-
-
 def shard_of(modules, count):
     """Which shard (0-based) runs each module: longest first, to the shortest shard so far."""
     load, where = [0] * count, {}
