@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab import instance, namespaces
+from tests.lab import instance, locks, namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = REPO / "tests" / "lab" / "shims"
@@ -48,8 +48,11 @@ PRIVATE_PATHS = (
 )
 
 # Mount points a lab had to create in the real root, removed again by the last lab to go
-# (one file for every lab instance: another lab may still mount its hosts' paths on them).
+# (one file for every lab instance: another lab may still mount its hosts' paths on them,
+# and removing a directory another mount namespace mounts on detaches that mount). Every
+# process that builds a lab holds MOUNTPOINTS_LOCK shared.
 CREATED_MOUNTPOINTS_FILE = Path("/var/tmp/pvlab-created-mountpoints")
+MOUNTPOINTS_LOCK = Path("/run/lock/pvlab-mountpoints.lock")
 
 LIBVIRTD_CONF = """\
 # pvlab: libvirtd of a lab host (private /run/libvirt in the host's namespace)
@@ -121,6 +124,7 @@ def setup_script(host, root):
 
 
 def _ensure_mountpoints():
+    locks.share(MOUNTPOINTS_LOCK)
     created = []
     for path in PRIVATE_PATHS:
         if not os.path.isdir(path):
@@ -133,16 +137,18 @@ def _ensure_mountpoints():
 
 def remove_created_mountpoints():
     """Remove the empty directories the labs had to create in the real root, once no
-    lab of any instance is left (removing a directory another mount namespace mounts
-    on would detach that mount)."""
-    if not CREATED_MOUNTPOINTS_FILE.exists() or namespaces.any_lab_netns():
+    lab of any instance is left: none is being built (MOUNTPOINTS_LOCK) or is up (its
+    network namespaces; a lab made by ``python -m tests.lab up`` outlives its process)."""
+    if not CREATED_MOUNTPOINTS_FILE.exists():
         return
-    for path in reversed(CREATED_MOUNTPOINTS_FILE.read_text().split()):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-    CREATED_MOUNTPOINTS_FILE.unlink()
+    if locks.alone(MOUNTPOINTS_LOCK) and not namespaces.any_lab_netns():
+        for path in reversed(CREATED_MOUNTPOINTS_FILE.read_text().split()):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        CREATED_MOUNTPOINTS_FILE.unlink()
+    locks.share(MOUNTPOINTS_LOCK)  # back to shared: other labs may be built meanwhile
 
 
 def _copy_tree(src, dst):
