@@ -29,6 +29,10 @@ def pytest_addoption(parser):
         "--lab", action="store_true",
         help="run inside the lab's control namespace (needed by tests/integration)",
     )
+    parser.addoption(
+        "--shard", default="1/1", metavar="K/N",
+        help="tests/integration: run the K-th of N shards of about equal length (whole modules)",
+    )
 
 
 def lab_wanted(config):

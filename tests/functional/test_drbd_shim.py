@@ -356,6 +356,7 @@ def lab_pair():
     """hostA and hostB of the namespace lab (no libvirt): LVM shims on loop
     devices, replication link eth1, the lab lock held."""
     from tests.lab import lab as labmod
+    from tests.lab import namespaces
 
     lab = labmod.Lab(("hostA", "hostB"), pv_size_mib=256)
     keepers = []
@@ -367,7 +368,7 @@ def lab_pair():
         yield lab.hosts
     finally:
         for h in lab.hosts.values():
-            if Path("/run/netns", f"pvlab-{h.name}").exists():
+            if namespaces.netns_path(h.name).exists():
                 h.run(["drbdadm", "down", "all"], check=False)
         for keeper in keepers:
             keeper.kill()

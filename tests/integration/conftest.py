@@ -11,12 +11,41 @@ import pytest
 from tests.lab import lab as labmod
 from tests.lab import saltlab
 
+# Seconds each module takes (measured alone on the 2-CPU machine, rounded): scripts/test splits
+# the tier into shards of about equal length, each on a lab of its own (--shard K/N); a module
+# missing here counts 60 s.
+MODULE_SECONDS = {
+    "test_session.py": 250, "test_vm_lifecycle.py": 210, "test_migrate.py": 200,
+    "test_fleet.py": 180, "test_backup.py": 150, "test_image.py": 120, "test_watch.py": 60,
+    "test_lab.py": 55, "test_verify.py": 50, "test_metrics.py": 40,
+}
+
+
+def shard_of(modules, count):
+    """Which shard (0-based) runs each module: longest first, to the shortest shard so far."""
+    load, where = [0] * count, {}
+    for module in sorted(modules, key=lambda m: (-MODULE_SECONDS.get(m, 60), m)):
+        where[module] = load.index(min(load))
+        load[where[module]] += MODULE_SECONDS.get(module, 60)
+    return where
+
+
+def _deselect_other_shards(config, items):
+    index, count = (int(n) for n in config.getoption("--shard").split("/"))
+    if not 1 <= index <= count:
+        raise pytest.UsageError(f"--shard {index}/{count}: K must be between 1 and N")
+    where = shard_of({item.path.name for item in items}, count)
+    keep = [item for item in items if where[item.path.name] == index - 1]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-random-order reads the marker
 def pytest_collection_modifyitems(config, items):
     """Without --lab, skip. With ``--random-order-bucket=module`` (scripts/test), the modules
     run in a random order, so each must set up what it needs in its own fixtures; the tests
     of one module keep their file order: each module is one scenario over its fixtures."""
+    _deselect_other_shards(config, items)
     for item in items:
         if not config.getoption("--lab"):
             item.add_marker(pytest.mark.skip(reason="integration tests need --lab (make test)"))

@@ -24,14 +24,16 @@ import pytest
 
 import salt.utils.yaml
 from tests.integration.test_vm_lifecycle import HOSTS, hv, in_sync, start_and_wait, wait_for
+from tests.lab import instance
 
-BACKUP_DIR = Path("/var/tmp/pvbackup")
-SSHD_DIR = Path("/var/tmp/pvbackup-sshd")
+# names of this lab instance (tests/lab/instance.py): two labs may run at once
+BACKUP_DIR = Path("/var/tmp") / instance.name("pvbackup")
+SSHD_DIR = Path("/var/tmp") / instance.name("pvbackup-sshd")
 USER = "pvbackup"
 PORT = 2222
 KEY = "/root/.ssh/pairvm_backup"
 KNOWN_HOSTS = "/root/.ssh/pairvm_backup_known_hosts"
-PATTERN = Path("/tmp/pvbackup-pattern")
+PATTERN = Path("/tmp") / instance.name("pvbackup-pattern")
 SETTINGS = {"port": PORT, "key": KEY, "known_hosts": KNOWN_HOSTS}
 
 
@@ -316,7 +318,7 @@ def test_test_mode_lists_the_commands_and_changes_nothing(running_on_a, lab, sal
     steps = ret.data["changes"]
     assert steps[0] == "lvcreate -s -n bvm1-backup -l 20%ORIGIN there/bvm1"
     assert steps[1].startswith("pv -L 512k /dev/there/bvm1-backup")
-    assert "/var/tmp/pvbackup/t/bvm1.gz" in steps[1]
+    assert f"{BACKUP_DIR}/t/bvm1.gz" in steps[1]
     assert steps[2] == "lvremove -f there/bvm1-backup"
     assert files() == before and snapshots(lab) == []
 

@@ -19,11 +19,12 @@ import pytest
 
 import salt.utils.yaml
 from tests.integration.test_vm_lifecycle import footprint, wait_for
+from tests.lab import lab as labmod
 from tests.lab import saltlab
-from tests.lab.hosts import REPO
+from tests.lab.hosts import DATA, REPO
 
 PAIRS = {"default": ("hostA", "hostB"), "two": ("hostC", "hostD")}
-SECRET_LEAK_ROOTS = ("/var/tmp/pvlab", "/tmp/pvsalt")
+SECRET_LEAK_ROOTS = (str(DATA), str(labmod.SALT_TEST_ROOT))
 
 
 def second_pillar(network="second"):
@@ -213,7 +214,9 @@ def test_destroying_a_vm_of_one_pair_leaves_the_other_untouched(fleet):
     assert (fleet.cache / "default" / "registry.json").read_bytes() == registry
 
 
-def test_with_a_minion_stopped_create_and_destroy_refuse_within_15_s(fleet):
+def test_with_a_minion_stopped_create_and_destroy_refuse_without_waiting_for_the_call(fleet):
+    """The ping budget is 8 s, a call's timeout 300 s: a bound of 60 s tells them apart even on
+    a busy machine (the lab lanes of scripts/test share 2 CPUs); the figure is printed."""
     fleet.create("fc3", "hostC")
     before = (fleet.footprint("fc3", "two")["hostC"], (fleet.cache / "two" / "registry.json").read_bytes())
     fleet.minions["hostD"].terminate()
@@ -224,7 +227,7 @@ def test_with_a_minion_stopped_create_and_destroy_refuse_within_15_s(fleet):
             ret = fleet.run.run(*args)
             took = time.monotonic() - start
             assert ret.returncode != 0 and "hostD did not answer a ping" in ret.stdout, ret
-            assert took < 15, f"{args[0]} took {took:.1f} s to refuse"
+            assert took < 60, f"{args[0]} took {took:.1f} s to refuse"
             print(f"\n{args[0]} refused in {took:.1f} s")
         after = (fleet.footprint("fc3", "two")["hostC"], (fleet.cache / "two" / "registry.json").read_bytes())
         assert after == before and after[0]["lvs"] == ["here/fc3"]

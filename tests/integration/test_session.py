@@ -47,7 +47,7 @@ import yaml
 
 from tests.guest import media
 from tests.integration.test_vm_lifecycle import MARKER, NOTHING, footprint, serial_log, wait_for
-from tests.lab import saltlab
+from tests.lab import instance, saltlab
 from tests.lab.hosts import GUEST, REPO
 
 VM = "myvm"
@@ -61,7 +61,7 @@ BACKUP_PORT = 2223
 BACKUP_CHROOT = "/var/lib/pairvm/test-backuphost"  # hostB: the sshd's ChrootDirectory
 BACKUP_KEY = "/root/.ssh/session_backup"
 BACKUP_KNOWN = "/root/.ssh/session_known_hosts"
-SSHD_DIR = Path("/var/tmp/pvsession-sshd")
+SSHD_DIR = Path("/var/tmp") / instance.name("pvsession-sshd")  # this lab instance's
 PASSWORD = "password123"
 SQUEEZE = "squeeze/latest/debian-6-generic-amd64.raw"
 TAMPERED = "wheezy/latest/debian-7-generic-amd64.raw"  # changed after SHA512SUMS listed it

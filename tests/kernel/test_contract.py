@@ -15,12 +15,12 @@ import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from tests.kernel import conftest as kconf
 from tests.kernel.storage import events, product_drbd
+from tests.lab import namespaces
 
 NAME = "kc1"
 MINOR = 3
@@ -146,7 +146,7 @@ def shim_lab():
         yield lab
     finally:
         for h in lab.hosts.values():
-            if Path(f"/run/netns/pvlab-{h.name}").exists():
+            if namespaces.netns_path(h.name).exists():
                 h.run(["drbdadm", "down", "all"], check=False)
         for keeper in keepers:
             keeper.kill()

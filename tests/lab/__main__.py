@@ -1,8 +1,13 @@
-"""Drive the lab by hand: python -m tests.lab up [--two-pairs]|demo|down|clean|status|shell HOST."""
+"""Drive the lab by hand: python -m tests.lab up [--two-pairs]|demo|down|clean|status|shell HOST.
+
+``down``/``clean`` remove every lab instance (PVLAB_INSTANCE, see instance.py) and a kernel
+lab left behind; ``clean --this`` only the instance of this process. ``status`` shows them all."""
 
 import os
+import subprocess
 import sys
 
+from tests.lab import instance
 from tests.lab import lab as labmod
 
 
@@ -20,7 +25,13 @@ def main(argv):
         from tests.kernel import klab
 
         labmod.Lab().down()
-        klab.clean()  # a kernel lab left by a killed run (waits for one that runs)
+        if "--this" not in argv:  # every other lab instance too, each under its own lock
+            for suffix in labmod.instances():
+                if suffix != instance.SUFFIX:
+                    env = dict(os.environ, PVLAB_INSTANCE=suffix)
+                    argv = [sys.executable, "-m", "tests.lab", "clean", "--this"]
+                    subprocess.run(argv, env=env, check=True)
+            klab.clean()  # a kernel lab left by a killed run (waits for one that runs)
         print("lab is down")
     elif cmd == "status":
         left = labmod.leftovers()

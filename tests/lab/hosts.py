@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab import namespaces
+from tests.lab import instance, locks, namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = REPO / "tests" / "lab" / "shims"
-DATA = Path("/var/tmp/pvlab")
+DATA = Path("/var/tmp") / instance.name("pvlab")
 # Loop device nodes per host: each LV and each DRBD device is one (bench: 200 VMs).
 LOOP_NODES = 640
 # libvirtd probes QEMU for 8 s on a cold start; its cache is valid across labs.
@@ -47,8 +47,12 @@ PRIVATE_PATHS = (
     "/usr/local/sbin",
 )
 
-# Mount points the lab had to create in the real root (removed again at teardown).
-CREATED_MOUNTPOINTS_FILE = DATA / "created-mountpoints"
+# Mount points a lab had to create in the real root, removed again by the last lab to go
+# (one file for every lab instance: another lab may still mount its hosts' paths on them,
+# and removing a directory another mount namespace mounts on detaches that mount). Every
+# process that builds a lab holds MOUNTPOINTS_LOCK shared.
+CREATED_MOUNTPOINTS_FILE = Path("/var/tmp/pvlab-created-mountpoints")
+MOUNTPOINTS_LOCK = Path("/run/lock/pvlab-mountpoints.lock")
 
 LIBVIRTD_CONF = """\
 # pvlab: libvirtd of a lab host (private /run/libvirt in the host's namespace)
@@ -120,10 +124,11 @@ def setup_script(host, root):
 
 
 def _ensure_mountpoints():
+    locks.share(MOUNTPOINTS_LOCK)
     created = []
     for path in PRIVATE_PATHS:
         if not os.path.isdir(path):
-            os.makedirs(path)
+            os.makedirs(path, exist_ok=True)  # another lab instance may make it meanwhile
             created.append(path)
     if created:
         with open(CREATED_MOUNTPOINTS_FILE, "a", encoding="utf-8") as fh:
@@ -131,15 +136,19 @@ def _ensure_mountpoints():
 
 
 def remove_created_mountpoints():
-    """Remove the empty directories the lab had to create in the real root."""
+    """Remove the empty directories the labs had to create in the real root, once no
+    lab of any instance is left: none is being built (MOUNTPOINTS_LOCK) or is up (its
+    network namespaces; a lab made by ``python -m tests.lab up`` outlives its process)."""
     if not CREATED_MOUNTPOINTS_FILE.exists():
         return
-    for path in reversed(CREATED_MOUNTPOINTS_FILE.read_text().split()):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-    CREATED_MOUNTPOINTS_FILE.unlink()
+    if locks.alone(MOUNTPOINTS_LOCK) and not namespaces.any_lab_netns():
+        for path in reversed(CREATED_MOUNTPOINTS_FILE.read_text().split()):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        CREATED_MOUNTPOINTS_FILE.unlink()
+    locks.share(MOUNTPOINTS_LOCK)  # back to shared: other labs may be built meanwhile
 
 
 def _copy_tree(src, dst):

@@ -8,6 +8,7 @@
 ``python -m tests.lab up|down|clean|status|shell HOST`` does the same by hand.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tests.lab import hosts as hostlib
-from tests.lab import locks, namespaces
+from tests.lab import instance, locks, namespaces
 from tests.lab import lvm as lablvm
 from tests.lab.hosts import DATA, LabHost
 
@@ -31,11 +32,13 @@ HOSTS = (
 SECOND_PAIR = ("hostC", "hostD")
 PV_SIZE_MIB = 1024
 # Root of the test tiers' salt daemons (tests/conftest.py salt_factories_config).
-SALT_TEST_ROOT = Path("/tmp/pvsalt")
+SALT_TEST_ROOT = Path("/tmp") / instance.name("pvsalt")
 # Daemons only the lab starts here; zombies (orphans PID 1 never reaps) do not count.
 LAB_PROCESS = re.compile(r"qemu-system|libvirtd|virtlogd|salt-minion|salt-master")
-# The lab's paths and namespace names are fixed: one lab run at a time.
-LOCK_PATH = Path("/run/lock/pvlab.lock")
+# Where any lab instance keeps its files: its loop devices' backing files, sockets, daemons.
+ANY_LAB_PATHS = ("/var/tmp/pvlab", "/tmp/pvsalt", "/run/pvlab")
+# The lab's paths and namespace names are fixed: one run of each lab instance at a time.
+LOCK_PATH = Path("/run/lock") / (instance.name("pvlab") + ".lock")
 def hold_lock():
     """Take the machine-wide lab lock (waiting for another run), kept until exit."""
     locks.hold(LOCK_PATH, "lab")
@@ -162,6 +165,9 @@ def clean():
             namespaces.sh(["umount", str(leftover)], check=False)
             leftover.unlink(missing_ok=True)
         namespaces.sh(["umount", str(namespaces.NS_DIR)], check=False)
+        for directory in (namespaces.NS_DIR, namespaces.NS_DIR.parent):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
     lablvm.detach_lab_loops(DATA)
     hostlib.remove_created_mountpoints()
     for tree in (DATA, SALT_TEST_ROOT):
@@ -169,13 +175,14 @@ def clean():
 
 
 def leftovers():
-    """What a lab left behind: a list of human-readable lines (empty when clean).
+    """What the labs left behind, every instance of them (instance.py): a list of
+    human-readable lines (empty when clean).
 
     The kernel lab's too (tests/kernel/klab.py: its QEMU, namespace holders
     and /var/tmp/pvkernel), though it has a lock of its own."""
     from tests.kernel import klab
 
-    found = [f"network namespace {namespaces.netns_name(n)}" for n in namespaces.lab_netns_names()]
+    found = [f"network namespace {name}" for name in namespaces.any_lab_netns()]
     found += klab.leftovers()
     loops = json.loads(
         subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True).stdout or "{}"
@@ -183,7 +190,7 @@ def leftovers():
     found += [
         f"loop device {d['name']} -> {d['back-file']}"
         for d in loops
-        if str(d.get("back-file") or "").startswith(str(DATA))
+        if str(d.get("back-file") or "").startswith(ANY_LAB_PATHS[0])
     ]
     mounts = open("/proc/self/mountinfo", encoding="utf-8").read()
     found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if "/run/pvlab" in line]
@@ -205,4 +212,13 @@ def _is_lab_process(pid):
         cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
     except OSError:
         return False
-    return any(path in cmdline for path in (str(DATA), "/tmp/pvsalt", "/run/pvlab"))
+    return any(path in cmdline for path in ANY_LAB_PATHS)
+
+
+def instances():
+    """The instance suffixes (instance.py) of every lab that has left something here."""
+    found = {instance.ANY_NETNS.match(name).group(1) for name in namespaces.any_lab_netns()}
+    for root in ("/var/tmp", "/run", "/tmp"):
+        found |= {p.name[len(base):] for base in ("pvlab", "pvsalt") for p in Path(root).glob(base + "*")
+                  if p.is_dir() and p.name[len(base):].isdigit()}
+    return sorted(found | {instance.SUFFIX})

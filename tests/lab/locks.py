@@ -23,3 +23,30 @@ def hold(path, label):
         print(f"{label}: another run holds {path}; waiting for it", file=sys.stderr, flush=True)
         fcntl.flock(fd, fcntl.LOCK_EX)
     _held[path] = fd
+
+
+def share(path):
+    """Hold ``path`` shared (waiting while someone holds it exclusively), kept until exit:
+    a lab that uses something all labs share says so."""
+    path = Path(path)
+    fd = _held.get(path)
+    if fd is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _held[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def alone(path):
+    """True when no other process holds ``path``: this process then holds it exclusively
+    until ``share`` or exit. A shared hold of this process is converted, and may be lost
+    when it cannot be (flock): call ``share`` after."""
+    path = Path(path)
+    fd = _held.get(path)
+    if fd is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _held[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

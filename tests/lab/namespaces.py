@@ -2,7 +2,8 @@
 
 A host's namespaces outlive the process that made them: the network namespace
 is an ``ip netns`` (``/run/netns/pvlab-<host>``), the mount and UTS namespaces
-are bind-mounted onto files under ``/run/pvlab/ns`` (a private mount, as
+are bind-mounted onto files under ``/run/pvlab/ns`` (names of the lab
+instance, see instance.py) (a private mount, as
 ``unshare --mount=FILE`` requires). ``nsenter`` joins all three.
 """
 
@@ -12,8 +13,10 @@ import subprocess
 import time
 from pathlib import Path
 
-NS_DIR = Path("/run/pvlab/ns")
-NETNS_PREFIX = "pvlab-"
+from tests.lab import instance
+
+NS_DIR = Path("/run") / instance.name("pvlab") / "ns"
+NETNS_PREFIX = instance.name("pvlab") + "-"
 CONTROL = "ctl"
 CLONE_NEWNET = 0x40000000
 
@@ -144,6 +147,14 @@ def lab_netns_names():
     return sorted(
         p.name[len(NETNS_PREFIX):] for p in netns_dir.iterdir() if p.name.startswith(NETNS_PREFIX)
     )
+
+
+def any_lab_netns():
+    """The network namespaces of every lab instance that exist now (full names)."""
+    netns_dir = Path("/run/netns")
+    if not netns_dir.is_dir():
+        return []
+    return sorted(p.name for p in netns_dir.iterdir() if instance.ANY_NETNS.match(p.name))
 
 
 def enter_netns(name):
