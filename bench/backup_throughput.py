@@ -6,12 +6,14 @@ on 127.0.0.1 (root's key in a temporary directory), on one data file that
 compresses about 3:1, and compares each with its REFERENCE: the same tools
 doing the same work, piped by the shell, with the same data and sshd (the
 only fair limit on one machine, where the backup host's sshd shares the
-CPUs). Reference and product run in pairs, ROUNDS pairs per case, in
-alternating order (reference first, then pairvm first: ABBA...), so that
-neither side always runs after the other or in the same phase of the
-machine's other load; each pair gives a ratio, and the MEDIAN of those
-ratios is the case's figure (one noisy round cannot decide it). Every
-round's figures and the spread of the ratios are printed.
+CPUs). Reference and product run in pairs, in alternating order
+(reference first, then pairvm first: ABBA...), so that neither side
+always runs after the other or in the same phase of the machine's other
+load; each pair gives a ratio, and the MEDIAN of those ratios is the
+case's figure (one noisy round cannot decide it). A case runs at least
+PAIRS pairs and goes on, up to MAX_PAIRS, until it has run for CASE_SECONDS
+(the short cases, restore and verify, get more pairs). Every pair's
+figures and the spread of the ratios are printed.
 
 Prints, from one run:
 
@@ -43,8 +45,11 @@ from pairvmlib.errors import Failed
 from tests.lab import sshd
 
 # full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
-DATA_MIB, QUICK_DATA_MIB = 1024, 128
-ROUNDS, QUICK_ROUNDS = 6, 2  # pairs per case, even: as many with each side first
+DATA_MIB, QUICK_DATA_MIB = 1024, 96
+# pairs per case (even: as many with each side first), at least, and until a case has run
+# CASE_SECONDS, at most MAX_PAIRS
+PAIRS, QUICK_PAIRS, MAX_PAIRS = 6, 2, 16
+CASE_SECONDS, QUICK_CASE_SECONDS = 120, 0
 LIMITS_KIB = (1024, 8192, 32768)
 CAPPED_SECONDS, QUICK_CAPPED_SECONDS = 23, 3
 
@@ -168,43 +173,44 @@ def mib(rate):
     return f"{rate / 2**20:6.1f} MiB/s"
 
 
-def compare(label, rounds, reference, product):
-    """``rounds`` pairs of reference and product, in ABBA order; prints each pair and the
-    spread, returns the median of the pairs' product / reference."""
+def compare(label, pace, reference, product):
+    """Pairs of reference and product in ABBA order, as ``pace`` (least pairs, seconds)
+    says; prints each pair and the spread, returns the median of the pairs' product / reference."""
+    pairs, seconds = pace
     ref, ours = [], []
-    for i in range(rounds):
-        if i % 2:
-            ours.append(product())
-            ref.append(reference())
-        else:
-            ref.append(reference())
-            ours.append(product())
+    start = time.monotonic()
+    while len(ref) < pairs or (time.monotonic() - start < seconds and len(ref) < MAX_PAIRS):
+        ref.append(reference())
+        ours.append(product())
+        ours.append(product())
+        ref.append(reference())
     ratios = [o / r for o, r in zip(ours, ref, strict=True)]
     ratio = median(ratios)
     print(f"  {label:14} pairvm {mib(median(ours))}, reference {mib(median(ref))} (medians): "
           f"ratio {ratio:.3f} (median; {min(ratios):.3f} to {max(ratios):.3f})")
-    print(f"  {'':14} per round (MiB/s, pairvm/reference, *: pairvm first): " + ", ".join(
+    print(f"  {'':14} per pair (MiB/s, pairvm/reference, *: pairvm first): " + ", ".join(
         f"{'*' if i % 2 else ''}{o / 2**20:.0f}/{r / 2**20:.0f}={o / r:.2f}"
         for i, (o, r) in enumerate(zip(ours, ref, strict=True))))
     return ratio
 
 
-def uncapped(bench, rounds):
+def uncapped(bench, pace):
     """Backup, restore and verify_backup against their references; {label: ratio}."""
     ratios = {}
-    print(f"uncapped: pairvm / reference, median of {rounds} pairs (target >= 0.95); the references (bash):")
+    print(f"uncapped: pairvm / reference, the median of at least {pace[0]} pairs and {pace[1]} s per case "
+          "(target >= 0.95); the references (bash):")
     for operation, command in REFERENCE.items():
         print(f"  {operation:8} {command}")
     print("  with " + "; ".join(f"{c}: {t['compress']}, {t['decompress']}" for c, t in TOOLS.items())
           + "; {ssh}: the product's ssh argv")
     for compress in ("gzip", "zstd"):
         ratios[f"backup {compress}"] = compare(
-            f"backup {compress}", rounds, lambda c=compress: bench.reference("backup", c, "reference.out"),
+            f"backup {compress}", pace, lambda c=compress: bench.reference("backup", c, "reference.out"),
             lambda c=compress: bench.backup(c, f"pairvm.{c}"))
     for compress in ("gzip", "zstd"):
         for operation in ("restore", "verify"):
             ratios[f"{operation} {compress}"] = compare(
-                f"{operation} {compress}", rounds,
+                f"{operation} {compress}", pace,
                 lambda o=operation, c=compress: bench.reference(o, c, f"pairvm.{c}"),
                 lambda o=operation, c=compress: bench.fetch(o, f"pairvm.{c}"))
     return ratios
@@ -244,8 +250,8 @@ def fail_fast(bench):
 
 
 def main(quick=False):
-    data_mib, rounds, capped_seconds = ((QUICK_DATA_MIB, QUICK_ROUNDS, QUICK_CAPPED_SECONDS) if quick
-                                        else (DATA_MIB, ROUNDS, CAPPED_SECONDS))
+    data_mib, capped_seconds = (QUICK_DATA_MIB, QUICK_CAPPED_SECONDS) if quick else (DATA_MIB, CAPPED_SECONDS)
+    pace = (QUICK_PAIRS, QUICK_CASE_SECONDS) if quick else (PAIRS, CASE_SECONDS)
     tmp = Path(tempfile.mkdtemp(prefix="pvbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o755)
     daemon = None
@@ -258,7 +264,7 @@ def main(quick=False):
         print(f"backup throughput{' (quick: too short for its targets)' if quick else ''}: {data_mib} MiB "
               f"of data (1/3 random), sshd on 127.0.0.1:{port}, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.2f}")
-        ratios = uncapped(bench, rounds)
+        ratios = uncapped(bench, pace)
         capped(bench, capped_seconds)
         slowest = fail_fast(bench)
         print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
