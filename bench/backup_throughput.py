@@ -114,7 +114,7 @@ class Bench:
 
     def __init__(self, tmp, data, port, closed_port):
         self.tmp, self.data, self.size = tmp, data, data.stat().st_size
-        self.port, self.closed_port = port, closed_port
+        self.closed_port = closed_port
         self.events = []
         salt = {"event.send": lambda tag, data: self.events.append((time.monotonic(), data["bytes"]))}
         self.host = host.Host(salt, {}, {}, {"id": "bench"})
