@@ -271,11 +271,5 @@ class LabHost:
         listing = self.run(["virsh", "-c", "qemu:///system", "list", "--name"], check=False)
         for dom in listing.stdout.split():
             self.run(["virsh", "-c", "qemu:///system", "destroy", dom], check=False)
-        for proc in reversed(getattr(self, "daemons", [])):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        sshd.stop(*reversed(getattr(self, "daemons", [])))  # the same for every foreground daemon
         self.daemons = []

@@ -87,7 +87,8 @@ def start(host, config, log, listen, port=22, timeout=15):
 
 
 def stop(*daemons):
-    """Stop sshd ``daemons`` (SIGTERM, then SIGKILL after 10 s) and reap them."""
+    """Stop ``daemons`` run in the foreground (sshd -D, or libvirtd, ...): SIGTERM, then
+    SIGKILL after 10 s; reap them."""
     for daemon in daemons:
         daemon.terminate()
         try:
