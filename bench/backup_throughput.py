@@ -6,8 +6,14 @@ on 127.0.0.1 (root's key in a temporary directory), on one data file that
 compresses about 3:1, and compares each with its REFERENCE: the same tools
 doing the same work, piped by the shell, with the same data and sshd (the
 only fair limit on one machine, where the backup host's sshd shares the
-CPUs). Reference and product take turns, ROUNDS times each; the best of
-each is compared (the machine may be shared).
+CPUs). Reference and product run in pairs, in alternating order
+(reference first, then pairvm first: ABBA...), so that neither side
+always runs after the other or in the same phase of the machine's other
+load; each pair gives a ratio, and the MEDIAN of those ratios is the
+case's figure (one noisy round cannot decide it). A case runs at least
+PAIRS pairs and goes on, up to MAX_PAIRS, until it has run for CASE_SECONDS
+(the short cases, restore and verify, get more pairs). Every pair's
+figures and the spread of the ratios are printed.
 
 Prints, from one run:
 
@@ -18,7 +24,7 @@ Prints, from one run:
 * fail fast: how long a backup takes to refuse a closed port, a missing
   key, a key the host refuses, an unknown host key and an unwritable
   directory (target under 2 s each), before any snapshot would be taken;
-* last line: the ratios against the references.
+* last line: the ratios against the references (medians).
 
 Throughputs are in bytes of the disc (uncompressed) per second.
 """
@@ -26,19 +32,24 @@ Throughputs are in bytes of the disc (uncompressed) per second.
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 from pairvmlib import backup, host, transfer
 from pairvmlib.errors import Failed
+from tests.lab import sshd
 
-PORT = 2299
 # full run, and --quick (the bench tier of ./scripts/test: it runs and prints, no target)
-DATA_MIB, QUICK_DATA_MIB = 1024, 128
-ROUNDS, QUICK_ROUNDS = 5, 2
+DATA_MIB, QUICK_DATA_MIB = 1024, 96
+# pairs per case (even: as many with each side first), at least, and until a case has run
+# CASE_SECONDS, at most MAX_PAIRS
+PAIRS, QUICK_PAIRS, MAX_PAIRS = 6, 2, 16
+CASE_SECONDS, QUICK_CASE_SECONDS = 120, 0
 LIMITS_KIB = (1024, 8192, 32768)
 CAPPED_SECONDS, QUICK_CAPPED_SECONDS = 23, 3
 
@@ -72,38 +83,43 @@ def cycle(data, part, size):
             size -= len(chunk)
 
 
-def start_sshd(tmp):
-    for key in ("client", "hostkey", "stranger"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
-    (tmp / "authorized_keys").write_text((tmp / "client.pub").read_text())
-    (tmp / "known_hosts").write_text(f"[127.0.0.1]:{PORT} {(tmp / 'hostkey.pub').read_text()}")
-    (tmp / "sshd_config").write_text(
-        f"Port {PORT}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hostkey'}\n"
-        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPidFile none\nUsePAM no\nStrictModes no\n"
-        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers root\n")
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp / "sshd_config")],
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["ss", "-Hltn", f"sport = {PORT}"], capture_output=True, text=True,
-                         check=False).stdout.strip() == "":
-        if time.monotonic() > deadline or sshd.poll() is not None:
-            raise SystemExit("bench: sshd did not start")
-        time.sleep(0.1)
-    return sshd
+def free_ports(count):
+    """``count`` TCP ports of 127.0.0.1 that nothing listens on (the kernel's choice, so that
+    two runs of the bench at once do not meet)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def start_sshd(tmp, port):
+    """sshd on 127.0.0.1:``port`` for root with the key ``tmp/sshd/client``; a second key,
+    ``tmp/stranger``, that it refuses; known_hosts in ``tmp``."""
+    conf = sshd.prepare(tmp / "sshd", port, ("root",), extra=("PermitRootLogin prohibit-password",))
+    sshd.keygen(tmp / "stranger")
+    (tmp / "known_hosts").write_text(sshd.known_hosts(tmp / "sshd", port, "127.0.0.1"))
+    try:
+        return sshd.start(sshd.LOCAL, conf, tmp / "sshd" / "sshd.log", "127.0.0.1", port, timeout=10)
+    except RuntimeError as exc:
+        raise SystemExit(f"bench: {exc}") from exc
 
 
 class Bench:
     """The product's transfers on a host whose progress events are kept in ``events``
     as (time, bytes), and the shell references, on one data file and one sshd."""
 
-    def __init__(self, tmp, data):
+    def __init__(self, tmp, data, port, closed_port):
         self.tmp, self.data, self.size = tmp, data, data.stat().st_size
+        self.closed_port = closed_port
         self.events = []
         salt = {"event.send": lambda tag, data: self.events.append((time.monotonic(), data["bytes"]))}
         self.host = host.Host(salt, {}, {}, {"id": "bench"})
-        self.settings = {"key": str(tmp / "client"), "known_hosts": str(tmp / "known_hosts"), "port": PORT,
-                         "speed": 0, "compress": "gzip"}
+        self.settings = {"key": str(tmp / "sshd" / "client"), "known_hosts": str(tmp / "known_hosts"),
+                         "port": port, "speed": 0, "compress": "gzip"}
 
     def dest(self, name):
         return {"user": "root", "host": "127.0.0.1", "path": str(self.tmp / name)}
@@ -157,35 +173,44 @@ def mib(rate):
     return f"{rate / 2**20:6.1f} MiB/s"
 
 
-def compare(label, rounds, reference, product):
-    """Reference and product in turns; prints both and returns product / reference (the best of each)."""
+def compare(label, pace, reference, product):
+    """Pairs of reference and product in ABBA order, as ``pace`` (least pairs, seconds)
+    says; prints each pair and the spread, returns the median of the pairs' product / reference."""
+    pairs, seconds = pace
     ref, ours = [], []
-    for _ in range(rounds):
+    start = time.monotonic()
+    while len(ref) < pairs or (time.monotonic() - start < seconds and len(ref) < MAX_PAIRS):
         ref.append(reference())
         ours.append(product())
-    ratio = max(ours) / max(ref)
-    print(f"  {label:16} pairvm {mib(max(ours))}, reference {mib(max(ref))}: ratio {ratio:.3f}  "
-          f"(pairvm {', '.join(f'{r / 2**20:.0f}' for r in ours)}; "
-          f"reference {', '.join(f'{r / 2**20:.0f}' for r in ref)} MiB/s)")
+        ours.append(product())
+        ref.append(reference())
+    ratios = [o / r for o, r in zip(ours, ref, strict=True)]
+    ratio = median(ratios)
+    print(f"  {label:14} pairvm {mib(median(ours))}, reference {mib(median(ref))} (medians): "
+          f"ratio {ratio:.3f} (median; {min(ratios):.3f} to {max(ratios):.3f})")
+    print(f"  {'':14} per pair (MiB/s, pairvm/reference, *: pairvm first): " + ", ".join(
+        f"{'*' if i % 2 else ''}{o / 2**20:.0f}/{r / 2**20:.0f}={o / r:.2f}"
+        for i, (o, r) in enumerate(zip(ours, ref, strict=True))))
     return ratio
 
 
-def uncapped(bench, rounds):
+def uncapped(bench, pace):
     """Backup, restore and verify_backup against their references; {label: ratio}."""
     ratios = {}
-    print(f"uncapped: pairvm / reference, best of {rounds} each (target >= 0.95); the references (bash):")
+    print(f"uncapped: pairvm / reference, the median of at least {pace[0]} pairs and {pace[1]} s per case "
+          "(target >= 0.95); the references (bash):")
     for operation, command in REFERENCE.items():
         print(f"  {operation:8} {command}")
     print("  with " + "; ".join(f"{c}: {t['compress']}, {t['decompress']}" for c, t in TOOLS.items())
           + "; {ssh}: the product's ssh argv")
     for compress in ("gzip", "zstd"):
         ratios[f"backup {compress}"] = compare(
-            f"backup {compress}", rounds, lambda c=compress: bench.reference("backup", c, "reference.out"),
+            f"backup {compress}", pace, lambda c=compress: bench.reference("backup", c, "reference.out"),
             lambda c=compress: bench.backup(c, f"pairvm.{c}"))
     for compress in ("gzip", "zstd"):
         for operation in ("restore", "verify"):
             ratios[f"{operation} {compress}"] = compare(
-                f"{operation} {compress}", rounds,
+                f"{operation} {compress}", pace,
                 lambda o=operation, c=compress: bench.reference(o, c, f"pairvm.{c}"),
                 lambda o=operation, c=compress: bench.fetch(o, f"pairvm.{c}"))
     return ratios
@@ -210,7 +235,7 @@ def capped(bench, seconds):
 def fail_fast(bench):
     print("fail fast: a backup refused before its snapshot (target < 2 s each)")
     cases = {
-        "closed port": (bench.dest("x.gz"), {"port": PORT - 1}),
+        "closed port": (bench.dest("x.gz"), {"port": bench.closed_port}),
         "missing key": (bench.dest("x.gz"), {"key": str(bench.tmp / "no-such-key")}),
         "key refused": (bench.dest("x.gz"), {"key": str(bench.tmp / "stranger")}),
         "unknown host key": (bench.dest("x.gz"), {"known_hosts": os.devnull}),
@@ -225,27 +250,29 @@ def fail_fast(bench):
 
 
 def main(quick=False):
-    data_mib, rounds, capped_seconds = ((QUICK_DATA_MIB, QUICK_ROUNDS, QUICK_CAPPED_SECONDS) if quick
-                                        else (DATA_MIB, ROUNDS, CAPPED_SECONDS))
+    data_mib, capped_seconds = (QUICK_DATA_MIB, QUICK_CAPPED_SECONDS) if quick else (DATA_MIB, CAPPED_SECONDS)
+    pace = (QUICK_PAIRS, QUICK_CASE_SECONDS) if quick else (PAIRS, CASE_SECONDS)
     tmp = Path(tempfile.mkdtemp(prefix="pvbench-", dir="/var/tmp"))
     os.chmod(tmp, 0o755)
-    sshd = None
+    daemon = None
     try:
         data = tmp / "disc.img"
         make_data(data, data_mib)
-        sshd = start_sshd(tmp)
-        bench = Bench(tmp, data)
+        port, closed_port = free_ports(2)
+        daemon = start_sshd(tmp, port)
+        bench = Bench(tmp, data, port, closed_port)
         print(f"backup throughput{' (quick: too short for its targets)' if quick else ''}: {data_mib} MiB "
-              f"of data (1/3 random), sshd on 127.0.0.1:{PORT}, {os.cpu_count()} CPUs")
-        ratios = uncapped(bench, rounds)
+              f"of data (1/3 random), sshd on 127.0.0.1:{port}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        ratios = uncapped(bench, pace)
         capped(bench, capped_seconds)
         slowest = fail_fast(bench)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
         print("pairvm / reference: " + ", ".join(f"{label} {ratio:.2f}" for label, ratio in ratios.items())
               + f"; slowest refusal {slowest:.2f} s")
     finally:
-        if sshd:
-            sshd.terminate()
-            sshd.wait(timeout=10)
+        if daemon:
+            sshd.stop(daemon)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -24,7 +24,7 @@ import pytest
 
 import salt.utils.yaml
 from tests.integration.test_vm_lifecycle import HOSTS, hv, in_sync, start_and_wait, wait_for
-from tests.lab import instance
+from tests.lab import instance, sshd
 
 # names of this lab instance (tests/lab/instance.py): two labs may run at once
 BACKUP_DIR = Path("/var/tmp") / instance.name("pvbackup")
@@ -44,41 +44,24 @@ def dest(path):
 @pytest.fixture(scope="module")
 def backup_host(lab):
     """sshd on each host's loopback for user pvbackup; the key and known host in /root/.ssh."""
-    conf = SSHD_DIR  # sshd reads authorized_keys as the user: not under pytest's 0700 tmp
-    subprocess.run(["rm", "-rf", str(conf)], check=True)
-    conf.mkdir(mode=0o755)
     if subprocess.run(["id", USER], capture_output=True, check=False).returncode:
         subprocess.run(["useradd", "--system", "--home-dir", str(BACKUP_DIR), "--shell", "/bin/sh",
                         "--password", "*", USER],
                        check=True)
     BACKUP_DIR.mkdir(mode=0o755, exist_ok=True)
     subprocess.run(["chown", f"{USER}:", str(BACKUP_DIR)], check=True)
-    for key in ("client", "hostkey"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(conf / key)], check=True)
-    (conf / "authorized_keys").write_text((conf / "client.pub").read_text())
-    (conf / "sshd_config").write_text(
-        f"Port {PORT}\nListenAddress 127.0.0.1\nHostKey {conf / 'hostkey'}\n"
-        f"AuthorizedKeysFile {conf / 'authorized_keys'}\nAllowUsers {USER}\n"
-        # StrictModes would refuse the files under /tmp (world-writable parents).
-        "PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n")
-    known = f"[127.0.0.1]:{PORT} {(conf / 'hostkey.pub').read_text()}"
+    # sshd reads authorized_keys as the user: not under pytest's 0700 tmp
+    conf = sshd.prepare(SSHD_DIR, PORT, (USER,))
+    known = sshd.known_hosts(SSHD_DIR, PORT, "127.0.0.1")
     daemons = []
-    for host in lab.hosts.values():
-        host.run(["install", "-D", "-m", "0600", str(conf / "client"), KEY])
-        host.run(["tee", KNOWN_HOSTS], input=known)
-        host.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
-        daemons.append(subprocess.Popen(host.argv(["/usr/sbin/sshd", "-D", "-f", str(conf / "sshd_config"),
-                                   "-E", str(conf / f"sshd-{host.name}.log")]),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda h=host: h.run(["sh", "-c", f"ss -ltn | grep -q '127.0.0.1:{PORT} '"],
-                                      check=False).returncode == 0, f"sshd in {host.name}", timeout=15)
     try:
+        for host in lab.hosts.values():
+            host.run(["install", "-D", "-m", "0600", str(SSHD_DIR / "client"), KEY])
+            host.run(["tee", KNOWN_HOSTS], input=known)
+            daemons.append(sshd.start(host, conf, SSHD_DIR / f"sshd-{host.name}.log", "127.0.0.1", PORT))
         yield BACKUP_DIR
     finally:
-        for daemon in daemons:
-            daemon.terminate()
-            daemon.wait(timeout=10)
+        sshd.stop(*daemons)
         subprocess.run(["rm", "-rf", str(BACKUP_DIR), str(SSHD_DIR), str(PATTERN)], check=False)
         subprocess.run(["userdel", USER], capture_output=True, check=False)
 

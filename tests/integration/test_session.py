@@ -47,7 +47,7 @@ import yaml
 
 from tests.guest import media
 from tests.integration.test_vm_lifecycle import MARKER, NOTHING, footprint, serial_log, wait_for
-from tests.lab import instance, saltlab
+from tests.lab import instance, saltlab, sshd
 from tests.lab.hosts import GUEST, REPO
 
 VM = "myvm"
@@ -149,33 +149,20 @@ def backuphost(lab):
         (chroot / shell.lstrip("/")).symlink_to("/bin/busybox")
     hostb.run(["mknod", "-m", "666", f"{BACKUP_CHROOT}/dev/null", "c", "1", "3"], check=False)
     subprocess.run(["chown", f"{BACKUP_USER}:", str(chroot / "backup")], check=True)
-    subprocess.run(["rm", "-rf", str(SSHD_DIR)], check=True)
-    SSHD_DIR.mkdir(mode=0o755)
-    for key in ("client", "hostkey"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(SSHD_DIR / key)], check=True)
-    (SSHD_DIR / "authorized_keys").write_text((SSHD_DIR / "client.pub").read_text())
-    (SSHD_DIR / "sshd_config").write_text(
-        f"Port {BACKUP_PORT}\nListenAddress 10.77.0.12\nHostKey {SSHD_DIR / 'hostkey'}\n"
-        f"AuthorizedKeysFile {SSHD_DIR / 'authorized_keys'}\nAllowUsers {BACKUP_USER}\n"
-        f"ChrootDirectory {BACKUP_CHROOT}\nPidFile none\nUsePAM no\nStrictModes no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+    conf = sshd.prepare(SSHD_DIR, BACKUP_PORT, (BACKUP_USER,), listen="10.77.0.12",
+                        extra=(f"ChrootDirectory {BACKUP_CHROOT}",))
     hosta = lab.hosts["hostA"]
     hosta.run(["install", "-D", "-m", "0600", str(SSHD_DIR / "client"), BACKUP_KEY])
-    hostkey = (SSHD_DIR / "hostkey.pub").read_text()
-    hosta.run(["tee", BACKUP_KNOWN], input=f"[backuphost]:{BACKUP_PORT} {hostkey}"
-                                          f"[10.77.0.12]:{BACKUP_PORT} {hostkey}")
+    hosta.run(["tee", BACKUP_KNOWN],
+              input=sshd.known_hosts(SSHD_DIR, BACKUP_PORT, "backuphost", "10.77.0.12"))
     hosta.run(["tee", "/root/.ssh/config"], input="Host backuphost\n    HostName 10.77.0.12\n")
-    hostb.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
-    daemon = subprocess.Popen(hostb.argv(["/usr/sbin/sshd", "-D", "-f", str(SSHD_DIR / "sshd_config"),
-                                          "-E", str(SSHD_DIR / "sshd.log")]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = None
     try:
-        wait_for(lambda: hostb.run(["sh", "-c", f"ss -ltn | grep -q '10.77.0.12:{BACKUP_PORT} '"],
-                                   check=False).returncode == 0, "the backup host's sshd", timeout=15)
+        daemon = sshd.start(hostb, conf, SSHD_DIR / "sshd.log", "10.77.0.12", BACKUP_PORT)
         yield chroot / "backup"
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=10)
+        if daemon:
+            sshd.stop(daemon)
         hosta.run(["rm", "-f", "/root/.ssh/config", BACKUP_KEY, BACKUP_KNOWN], check=False)
         shutil.rmtree(chroot, ignore_errors=True)
         shutil.rmtree(SSHD_DIR, ignore_errors=True)

@@ -19,6 +19,7 @@ import pytest
 from tests.kernel import klab
 from tests.kernel.conftest import BACKUP, IMAGES
 from tests.kernel.storage import create_on_both, lv_names, synced, wait_drbd
+from tests.lab import sshd
 
 SSHD = klab.DATA / "backup-sshd"
 STORE = klab.DATA / "backups"
@@ -34,17 +35,9 @@ def dest(path):
 def backup_host(kernel_lab):
     """sshd on each host's loopback (its own network namespace) for root with a key; the
     key and the known host where pillar's backup settings name them."""
-    SSHD.mkdir(mode=0o755)
+    conf = sshd.prepare(SSHD, BACKUP["port"], ("root",), extra=("PermitRootLogin prohibit-password",))
     STORE.mkdir(mode=0o755)
-    for key in ("client", "hostkey"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(SSHD / key)], check=True)
-    (SSHD / "authorized_keys").write_text((SSHD / "client.pub").read_text())
-    (SSHD / "sshd_config").write_text(
-        f"Port {BACKUP['port']}\nListenAddress 127.0.0.1\nHostKey {SSHD / 'hostkey'}\n"
-        f"AuthorizedKeysFile {SSHD / 'authorized_keys'}\nAllowUsers root\n"
-        "PermitRootLogin prohibit-password\nPidFile none\nUsePAM no\nStrictModes no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
-    known = f"[127.0.0.1]:{BACKUP['port']} {(SSHD / 'hostkey.pub').read_text()}"
+    known = sshd.known_hosts(SSHD, BACKUP["port"], "127.0.0.1")
     daemons = []
     try:
         for host in kernel_lab.hosts.values():
@@ -52,21 +45,11 @@ def backup_host(kernel_lab):
             key.write_bytes((SSHD / "client").read_bytes())
             key.chmod(0o600)
             (host.root / BACKUP["known_hosts"].lstrip("/")).write_text(known)
-            (host.root / "run/sshd").mkdir(mode=0o755, exist_ok=True)
-            daemons.append(subprocess.Popen(
-                host.argv(["/usr/sbin/sshd", "-D", "-f", str(SSHD / "sshd_config"),
-                           "-E", str(SSHD / f"sshd-{host.name}.log")]),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-            deadline = time.monotonic() + 15
-            while host.run(["sh", "-c", f"ss -ltn | grep -q '127.0.0.1:{BACKUP['port']} '"],
-                           check=False).returncode:
-                assert time.monotonic() < deadline, f"sshd in {host.name} does not listen"
-                time.sleep(0.2)
+            daemons.append(sshd.start(host, conf, SSHD / f"sshd-{host.name}.log", "127.0.0.1",
+                                      BACKUP["port"]))
         yield STORE
     finally:
-        for daemon in daemons:
-            daemon.kill()
-            daemon.wait()
+        sshd.stop(*daemons)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab import instance, locks, namespaces
+from tests.lab import instance, locks, namespaces, sshd
 
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = REPO / "tests" / "lab" / "shims"
@@ -268,32 +268,17 @@ class LabHost:
         """A real sshd on the host's admin address, as a production host has: the peer
         reaches it with root's key (pairvm.host.ssh sets the trust up) for a live migration.
         Its sessions get the lab's PATH (the shims first), as every lab process does."""
-        conf = self.dir / "sshd_config"
         env = lab_environ(self.name)
-        conf.write_text(
-            f"ListenAddress {self.admin_ip}\nHostKey /etc/ssh/ssh_host_ed25519_key\n"
-            "PermitRootLogin prohibit-password\nPidFile none\nUsePAM no\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            f"SetEnv PATH={env['PATH']} PVLAB_DATA={env['PVLAB_DATA']}\n")
-        self.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])
-        self.daemons = [*getattr(self, "daemons", []), self._spawn("/usr/sbin/sshd", "-D", "-f", str(conf),
-                                                   "-E", str(self.dir / "sshd.log"))]
-        deadline = time.monotonic() + timeout
-        while self.run(["sh", "-c", f"ss -ltn | grep -q '{self.admin_ip}:22 '"], check=False).returncode:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"[{self.name}] sshd did not listen on {self.admin_ip}:22")
-            time.sleep(0.1)
+        conf = sshd.write_config(self.dir / "sshd_config", self.admin_ip, "/etc/ssh/ssh_host_ed25519_key",
+                                 extra=("PermitRootLogin prohibit-password",
+                                        f"SetEnv PATH={env['PATH']} PVLAB_DATA={env['PVLAB_DATA']}"))
+        self.daemons = [*getattr(self, "daemons", []),
+                        sshd.start(self, conf, self.dir / "sshd.log", self.admin_ip, timeout=timeout)]
 
     def stop_libvirt(self):
         """Destroy every domain, then stop the daemons (libvirtd, virtlogd, sshd)."""
         listing = self.run(["virsh", "-c", "qemu:///system", "list", "--name"], check=False)
         for dom in listing.stdout.split():
             self.run(["virsh", "-c", "qemu:///system", "destroy", dom], check=False)
-        for proc in reversed(getattr(self, "daemons", [])):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        sshd.stop(*reversed(getattr(self, "daemons", [])))  # the same for every foreground daemon
         self.daemons = []
