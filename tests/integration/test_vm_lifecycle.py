@@ -57,9 +57,12 @@ def drbd(salt_cli, host, name):
 
 
 def in_sync(salt_cli, name):
-    states = [drbd(salt_cli, h, name) for h in HOSTS]
-    return all(s.get("connection") == "Connected" and s.get("disk") == "UpToDate"
-               and s.get("peer_disk") == "UpToDate" for s in states)
+    """Both hosts Connected and UpToDate/UpToDate, asked in one salt call (tests poll it: a
+    salt CLI process costs about a CPU second)."""
+    states = salt_cli.run("drbd.status", name, minion_tgt="host[AB]").data or {}
+    return sorted(states) == sorted(HOSTS) and all(
+        isinstance(s, dict) and s.get("connection") == "Connected" and s.get("disk") == "UpToDate"
+        and s.get("peer_disk") == "UpToDate" for s in states.values())
 
 
 def footprint(lab, name, hosts=HOSTS):
