@@ -190,6 +190,30 @@ def host_cdrom(name, iso=None, eject=False, test=False):
                 test=test or None)
 
 
+# --- a VM's home moved, from a host --------------------------------------------------------------
+
+
+@_operation
+def host_swap(name):
+    """
+    Start ``pairvm.swap`` (the peer becomes VM ``name``'s home) for a VM of
+    the calling host's pair: the host command's ``pairvm swap NAME``
+    (through ``publish.runner``). Returns ``{"job": TOKEN}``: ``host_job``
+    gives the result.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call publish.runner pairvm.host_swap arg="[vm1]"
+    """
+    caller, pairvm, settings = _callers_pair("pairvm.swap")
+    schema.validate_name(name)
+    if name not in schema.vms(pairvm):
+        raise Failed(f"VM {name} is not a VM of {caller}'s pair")
+    return _job(caller, "pairvm.swap", name=name, pair=settings["pair_name"])
+
+
 # --- the pair's configuration compared, from a host ------------------------------------------
 
 

@@ -20,7 +20,7 @@ from salt.exceptions import CommandExecutionError
 from tests.unit.conftest import load
 
 MODULE_FILES = ("pairvm", "pairvm_console", "pairvm_storage", "pairvm_backup", "pairvm_image",
-                "pairvm_health", "pairvm_migrate", "pairvm_metrics", "pairvm_watch")
+                "pairvm_health", "pairvm_migrate", "pairvm_metrics", "pairvm_watch", "pairvm_swap")
 MODULES = {name: load(f"_modules/{name}.py", f"unit_{name}") for name in MODULE_FILES}
 
 

@@ -223,7 +223,7 @@ def test_host_job_reads_only_the_callers_jobs(pm, monkeypatch):
 def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
     acl = peer.peer_acl()["peer_run"]
     functions = [r"^pairvm\.host_create$", r"^pairvm\.host_cdrom$", r"^pairvm\.host_chkconfig$",
-                 r"^pairvm\.host_job$"]
+                 r"^pairvm\.host_swap$", r"^pairvm\.host_job$"]
     assert acl == {"^hostA$": functions, "^hostB$": functions}
 
     def allowed(minion, function):  # what salt.daemons.masterapi.RemoteFuncs.minion_runner does

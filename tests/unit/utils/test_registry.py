@@ -97,7 +97,7 @@ def test_as_pillar_adds_the_secret_only_when_given():
     allocations = {"vm1": ENTRY["alloc"], "web": {"ip": "x"}}
     assert registry.as_pillar(saved) == {"pairvm": {"allocations": allocations,
                                                     "vms": {"web": {"home": "hostA"}},
-                                                    "resized": {}, "cdroms": {}}}
+                                                    "resized": {}, "cdroms": {}, "homes": {}}}
     assert registry.as_pillar(saved, "s")["pairvm"]["drbd_options"] == {"shared_secret": "s"}
 
 
