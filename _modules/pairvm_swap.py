@@ -122,8 +122,9 @@ def _check_replicated(host, name, drbd):
         raise Failed(f"DRBD resource {name} is not up on {host.me}: bring it up (pairvm autostart) and "
                      f"let it connect first")
     if "Primary" in (drbd.get("role"), drbd.get("peer_role")):
-        raise Failed(f"VM {name}'s disc is Primary on {'this host' if drbd.get('role') == 'Primary' else 'the peer'}:"
-                     f" is it running? Stop it (or live-migrate it: pairvm swaplive) first")
+        where = "this host" if drbd.get("role") == "Primary" else "the peer"
+        raise Failed(f"VM {name}'s disc is Primary on {where}: is it running? Stop it (or live-migrate it: "
+                     f"pairvm swaplive) first")
     if drbd.get("connection") != "Connected" or not drbd.get("up_to_date"):
         raise Failed(f"DRBD resource {name} is {drbd.get('connection')} with discs {drbd.get('disk')}/"
                      f"{drbd.get('peer_disk')}: a swap copies each host's replica, so both must be "

@@ -24,6 +24,7 @@ keeps the swap in the pair's registry until both are finished.
 
 from pairvmlib.errors import Failed, Invalid
 
+
 def moved_record(record, home):
     """VM ``record`` with ``home`` (a host of its pair) as its home: home and peer
     swapped, and each host's VG the other one (``here`` on the new home)."""

@@ -452,7 +452,8 @@ def homes(pairvm_pillar, settings):
     """
     errors = []
     given = checks.mapping(pairvm_pillar.get("homes"), "homes", errors)
-    result = {name: checks.gather(errors, f"homes.{name}: ", checks.choice, home, tuple(sorted(settings["pair"])))
+    hosts = tuple(sorted(settings["pair"]))
+    result = {name: checks.gather(errors, f"homes.{name}: ", checks.choice, home, hosts)
               for name, home in sorted(given.items(), key=str)}
     checks.raise_all(errors)
     return result
