@@ -17,8 +17,17 @@ import time
 import pytest
 
 import salt.utils.yaml
-from tests.integration.test_vm_lifecycle import (HOSTS, boots, changed, hv, in_sync, pair_state, refusal,
-                                                  start_and_wait, wait_for)
+from tests.integration.test_vm_lifecycle import (
+    HOSTS,
+    boots,
+    changed,
+    hv,
+    in_sync,
+    pair_state,
+    refusal,
+    start_and_wait,
+    wait_for,
+)
 from tests.lab.drbdshim import state as drbdshim
 
 NAME = "svm1"
