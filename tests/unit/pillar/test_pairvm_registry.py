@@ -21,7 +21,8 @@ HOSTS = {"hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
          "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"}}
 HOSTS_TWO = {"hostC": {"admin_ip": "10.77.0.13", "replication_ip": "10.78.0.13"},
              "hostD": {"admin_ip": "10.77.0.14", "replication_ip": "10.78.0.14"}}
-EMPTY = {"allocations": {}, "vms": {}, "resized": {}, "cdroms": {}, "homes": {}}  # what a registry without VMs gives
+# what a registry without VMs gives
+EMPTY = {"allocations": {}, "vms": {}, "resized": {}, "cdroms": {}, "homes": {}}
 
 
 @pytest.fixture
