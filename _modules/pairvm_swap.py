@@ -70,7 +70,11 @@ def swap(name, home, finish=False, resume=False, test=False):
         if finish:
             drbd = host.drbd(name)
             state["in_sync"] = drbd.get("connection") == "Connected" and bool(drbd.get("up_to_date"))
-            for _ in rehome.finish_steps(state):
+            try:
+                steps = rehome.finish_steps(state)
+            except Failed as exc:
+                raise Failed(f"the swap of VM {name} cannot finish on {host.me}: {exc}") from exc
+            for _ in steps:
                 plan.step(f"lvremove {old_lv}", host.lvremove, name, old_vg)
             result = plan.result(f"VM {name}'s disc on {host.me} is LV {new_lv}; its home is {home}")
         else:
