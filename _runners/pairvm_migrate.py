@@ -44,13 +44,14 @@ def _rows(mst, host):
 
 
 @_operation
-def migrate(name, away=False, cleanup=False, max_downtime=None, bandwidth=None, test=False, pair=None):
+def migrate(name, away=False, cleanup=False, max_downtime=None, bandwidth=None, auto_converge=None,
+            test=False, pair=None):
     """
     Live-migrate the running VM ``name`` to the other host of its pair.
 
     Runs ``pairvm.migrate`` on the host that runs it (``away=True`` to move
-    it away from its home; ``max_downtime`` and ``bandwidth`` and ``test``
-    are passed on). ``cleanup=True`` after a migration whose
+    it away from its home; ``max_downtime``, ``bandwidth``, ``auto_converge``
+    and ``test`` are passed on). ``cleanup=True`` after a migration whose
     process died: it runs where the VM runs (or on its home when it runs
     nowhere), which ends the DRBD window or says why it cannot. The VM's
     pair is found from the registries, or named with ``pair=``; its hosts
@@ -73,7 +74,8 @@ def migrate(name, away=False, cleanup=False, max_downtime=None, bandwidth=None, 
         raise Failed(f"VM {name} is running on {' and '.join(running) if running else 'neither host'}: "
                      f"a live migration moves a VM that runs on exactly one host")
     source = running[0] if len(running) == 1 else hosts[0]
-    kwargs = {k: v for k, v in (("max_downtime", max_downtime), ("bandwidth", bandwidth)) if v is not None}
+    kwargs = {k: v for k, v in (("max_downtime", max_downtime), ("bandwidth", bandwidth),
+                                ("auto_converge", auto_converge)) if v is not None}
     result = mst.call(source, "pairvm.migrate", name, away=away, cleanup=cleanup, test=test,
                       timeout=CALL_TIMEOUT, **kwargs)
     return {source: result}
