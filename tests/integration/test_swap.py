@@ -56,18 +56,6 @@ def vm(pillar_vms, salt_run_cli, salt_cli, lab):
     lab.hosts["hostB"].run(["lvremove", "-y", f"here/{FILLER}"], check=False)
 
 
-@pytest.fixture(scope="module")
-def pillar_vms(salt_master):
-    path = salt_master.config["pillar_roots"]["base"][0] + "/test_vms.sls"
-
-    def write(vms):
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(salt.utils.yaml.safe_dump({"pairvm": {"vms": vms}} if vms else {}))
-
-    yield write
-    write({})
-
-
 def record(host):
     return salt.utils.yaml.safe_load(host.run(["cat", f"/machines/{NAME}"]).stdout)
 
