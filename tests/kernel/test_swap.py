@@ -36,9 +36,9 @@ def test_swap_copies_each_replica_and_drbd_connects_without_a_resync(kernel_lab)
         equal = {h.name: len(kernel_says(h, "uuid_compare()=0 by rule")) for h in (a, b)}
 
         with ThreadPoolExecutor(2) as pool:  # both hosts at once, as salt-run pairvm.swap runs them
-            copied = dict(zip("ab", pool.map(lambda h: h.salt("pairvm.swap", NAME, "home=hostB"), (a, b)), strict=True))
-        assert "lvcreate -n ksw1 there -L 64M" in copied["a"]["changes"]
-        assert "lvcreate -n ksw1 here -L 64M" in copied["b"]["changes"]
+            on_a, on_b = pool.map(lambda h: h.salt("pairvm.swap", NAME, "home=hostB"), (a, b))
+        assert "lvcreate -n ksw1 there -L 64M" in on_a["changes"]
+        assert "lvcreate -n ksw1 here -L 64M" in on_b["changes"]
         synced((a, b), NAME)
         for h in (a, b):
             assert len(kernel_says(h, "Began resync")) == began[h.name], h.guest_sh("dmesg | tail -40")
