@@ -490,8 +490,6 @@ def unknown(command):
     return f"unknown command {command!r}; `pairvm help` lists them"
 
 
-
-
 # --- what some commands do on the host itself -------------------------------------------------
 
 
