@@ -54,6 +54,8 @@ def pillar_record(name):
     Its ``disc_mib`` is the larger of the definition's ``disc`` and the size
     ``salt-run pairvm.resize`` recorded for the VM in the registry (served as
     pillar ``pairvm:resized``), so a grown disc is never described smaller.
+    Its ``home`` is the one ``salt-run pairvm.swap`` recorded (pillar
+    ``pairvm:homes``) over the definition's.
 
     CLI Example:
 
@@ -79,6 +81,7 @@ def pillar_record(name):
     grown = schema.resized(pairvm).get(name, 0)
     if grown > definition["disc_mib"]:
         definition = {**definition, "disc_mib": grown}
+    definition = {**definition, "home": schema.homes(pairvm, settings).get(name, definition["home"])}
     return schema.record(name, definition, alloc, settings)
 
 
@@ -164,6 +167,11 @@ def _create_steps(host, plan, record):
     lv = f"{vg}/{name}"
     lvs = host.lvs()
     new_lv = lv not in lvs
+    elsewhere = [f"{other}/{name}" for other in host.setting("volume_groups") if f"{other}/{name}" in lvs]
+    if new_lv and elsewhere:
+        raise Failed(f"VM {name}'s disc on {host.me} is LV {elsewhere[0]}, not {lv}: its home changed "
+                     f"without pairvm.swap, which moves the disc (put the old home back in pillar, then "
+                     f"salt-run pairvm.swap {name}); or a swap is unfinished (salt-run pairvm.swap {name})")
     if new_lv:
         size = f"{record['disc_mib']}M"
         # force: ``--yes``. A new LV may sit on the extents of a removed one and
@@ -179,7 +187,7 @@ def _create_steps(host, plan, record):
     options = _drbd_options()
     plan.write(os.path.join(layout.DRBD_DIR, "global_common.conf"), render.drbd_global_common(options), 0o600)
     changed = plan.write(layout.resource_path(name), render.drbd_resource(record, options), 0o600,
-                         _write_resource)
+                         host.write_resource)
     if new_lv:
         plan.step(f"drbdadm create-md --force {name}", __salt__["drbd.create_md"], name)
     if host.drbd(name):
@@ -191,18 +199,6 @@ def _create_steps(host, plan, record):
             plan.step(f"drbdadm primary --force {name}", __salt__["drbd.primary"], name, force=True)
             plan.step(f"drbdadm secondary {name}", __salt__["drbd.secondary"], name)
     plan.write(layout.machine_path(name), schema.dump_record(record))
-
-
-def _write_resource(path, text, mode):
-    """Write a resource file and have drbdadm parse it; a rejected one is put back."""
-    old = machines.read_text(path)
-    machines.write_atomic(path, text, mode)
-    try:
-        __salt__["drbd.check_config"]("/etc/drbd.conf")
-    except Exception as exc:
-        machines.put_back(path, old, mode)
-        name = os.path.basename(path)[: -len(".res")]
-        raise Failed(f"drbdadm rejected the resource file of {name} ({path}): {exc}") from exc
 
 
 def _rollback(host, plan, record):

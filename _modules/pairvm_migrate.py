@@ -37,7 +37,7 @@ def _host():
 
 @boundary.execution
 def migrate(name, away=False, cleanup=False, max_downtime=migration.MAX_DOWNTIME_MS, bandwidth=0,
-            timeout=migration.TIMEOUT, test=False):
+            timeout=migration.TIMEOUT, auto_converge=True, test=False):
     """
     Live-migrate the running VM ``name`` from this host to the other host of its pair.
 
@@ -50,7 +50,9 @@ def migrate(name, away=False, cleanup=False, max_downtime=migration.MAX_DOWNTIME
     With the VM's lock held on both hosts, it allows two DRBD Primaries on
     both (at runtime only: ``drbdadm net-options``, never in the resource
     file), promotes the peer, has libvirt migrate the VM peer-to-peer (live;
-    downtime limit ``max_downtime`` ms, ``bandwidth`` MiB/s, 0: no limit),
+    downtime limit ``max_downtime`` ms, ``bandwidth`` MiB/s, 0: no limit;
+    with ``auto_converge`` (default) QEMU slows a guest that changes its
+    memory faster than it can be sent, so the job still converges),
     demotes this host once its QEMU has gone, forbids two Primaries again and
     confirms it with ``drbdsetup show`` on both. It reports progress
     (``pairvm/migrate/<name>/progress`` events and lines under salt-call)
@@ -76,7 +78,7 @@ def migrate(name, away=False, cleanup=False, max_downtime=migration.MAX_DOWNTIME
     """
     host = _host()
     record = host.machine(name)
-    limits = migration.limits(max_downtime, bandwidth, timeout)
+    limits = migration.limits(max_downtime, bandwidth, timeout, auto_converge)
     peer = host.other_host(record)
     ip = migration.address(host.setting("there_ip"))
     with host.lock(name), _peer_lock(host, ip, name):
@@ -201,7 +203,8 @@ def _window(host, plan, conn, pconn, record, peer, ip, limits):
         plan.step(f"ssh root@{ip} drbdadm primary {name}",
                   _on_peer, host, ip, ["drbdadm", "primary", name], "promoting DRBD")
         stats = plan.step(f"virsh migrate --live --p2p --persistent --undefine-source {name} {uri} "
-                          f"--migrateuri {muri} (max downtime {limits['max_downtime']} ms)",
+                          f"--migrateuri {muri}{' --auto-converge' if limits['auto_converge'] else ''} "
+                          f"(max downtime {limits['max_downtime']} ms)",
                           _migrate, host, conn, pconn, record, uri, muri, limits)
     except Exception as exc:
         if plan.test:
@@ -236,8 +239,9 @@ def _migrate(host, conn, pconn, record, uri, muri, limits):
     libvirt = hostlib.libvirt
     name = record["name"]
     dom = conn.lookupByName(name)
-    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    flags = 0
+    for flag in migration.flag_names(limits["auto_converge"]):
+        flags |= getattr(libvirt, flag)
     params = {libvirt.VIR_MIGRATE_PARAM_URI: muri}
     if limits["bandwidth"]:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = limits["bandwidth"]

@@ -499,6 +499,8 @@ def verify(timeout=60, pair=None, minion=None, name=None):
     - ``EVMNOTRUNNING``: should run but runs on neither host (WARNING if suppressed)
     - ``EVNCNOTLOCAL``: VNC listening elsewhere than 127.0.0.1
     - ``EDISCGROWN``: a VM's LVs bigger than its pillar disc (WARNING while the registry keeps the size)
+    - ``EHOMEMOVED`` (WARNING): ``pairvm.swap`` moved a VM's home; its pillar entry gives the old one
+    - ``ESWAPUNFINISHED`` (WARNING): a ``pairvm.swap`` of a VM began and did not finish
     - ``EMEMCAP``: the pair's VM memory over ``pairvm:memory_cap``
     - ``EALLOCCOLLISION``: a value given twice (in a registry, or across pairs)
     - ``ETOOLMISSING``: a required tool is missing on a host

@@ -56,6 +56,16 @@ def _callers_pair(on_master):
     return caller, pairvm, settings
 
 
+def _callers_vm(name, on_master):
+    """(caller, its pair's settings) of a host_* function about VM ``name``, which must be a
+    VM of the caller's pair."""
+    caller, pairvm, settings = _callers_pair(on_master)
+    schema.validate_name(name)
+    if name not in schema.vms(pairvm):
+        raise Failed(f"VM {name} is not a VM of {caller}'s pair")
+    return caller, settings
+
+
 def _job(caller, function, **kwargs):
     """Start ``salt-run FUNCTION key=value ...`` as ``caller``'s job; the answer to the host."""
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
@@ -182,12 +192,30 @@ def host_cdrom(name, iso=None, eject=False, test=False):
 
         salt-call publish.runner pairvm.host_cdrom arg="[vm1, /srv/iso/debian.iso]"
     """
-    caller, pairvm, _ = _callers_pair("pairvm.cdrom")
-    schema.validate_name(name)
-    if name not in schema.vms(pairvm):
-        raise Failed(f"VM {name} is not a VM of {caller}'s pair")
+    caller, _ = _callers_vm(name, "pairvm.cdrom")
     return _job(caller, "pairvm.cdrom", name=name, iso=iso, eject=eject or None, minion=caller,
                 test=test or None)
+
+
+# --- a VM's home moved, from a host --------------------------------------------------------------
+
+
+@_operation
+def host_swap(name):
+    """
+    Start ``pairvm.swap`` (the peer becomes VM ``name``'s home) for a VM of
+    the calling host's pair: the host command's ``pairvm swap NAME``
+    (through ``publish.runner``). Returns ``{"job": TOKEN}``: ``host_job``
+    gives the result.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call publish.runner pairvm.host_swap arg="[vm1]"
+    """
+    caller, settings = _callers_vm(name, "pairvm.swap")
+    return _job(caller, "pairvm.swap", name=name, pair=settings["pair_name"])
 
 
 # --- the pair's configuration compared, from a host ------------------------------------------

@@ -171,6 +171,10 @@ TABLE = (
     Command("print_ssh_forwards", "pairvm.print_ssh_forwards", show="text"),
     Command("swaplive", "pairvm.migrate", (NAME,), (Flag("--away", {"away": True}),
                                                   Flag("--cleanup", {"cleanup": True})), progress=True),
+    Command("swap", "pairvm.host_swap", (NAME,), show="pair", runner=True,
+            on_master="salt-run pairvm.swap {name}",
+            summary="Make the peer the home of the stopped VM NAME: each host copies its replica of the "
+                    "disc into the other volume group, the master records the new home."),
     Command("metrics", "pairvm.metrics", show="text"),
     Command("graphite_stats", "pairvm.graphite_stats", (Arg("prefix", optional=True),), show="text"),
 )
@@ -179,10 +183,6 @@ for _entry in TABLE:
     FORMS.setdefault(_entry.name, []).append(_entry)
 FORMS = {name: tuple(forms) for name, forms in FORMS.items()}
 COMMANDS = {name: forms[0] for name, forms in FORMS.items()}  # the first form of each command
-# Commands of the old tool that a later version provides: (what it did, what to use instead).
-LATER = {
-    "swap": ("move a stopped VM to the peer", None),
-}
 
 
 # --- checking one value by its kind ----------------------------------------------------------

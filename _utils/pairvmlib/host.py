@@ -222,6 +222,17 @@ class Host:
 
     # --- DRBD ---------------------------------------------------------------------------------
 
+    def write_resource(self, path, text, mode):
+        """Write a resource file and have drbdadm parse it; a rejected one is put back."""
+        old = machines.read_text(path)
+        machines.write_atomic(path, text, mode)
+        try:
+            self.salt["drbd.check_config"]("/etc/drbd.conf")
+        except Exception as exc:
+            machines.put_back(path, old, mode)
+            name = os.path.basename(path)[: -len(".res")]
+            raise Failed(f"drbdadm rejected the resource file of {name} ({path}): {exc}") from exc
+
     def check_peer_receives(self, record, what):
         """Before writing ``what`` onto the disc through DRBD: Connected, both discs
         UpToDate, the peer Secondary, so that the peer receives every byte."""

@@ -36,7 +36,7 @@ import threading
 import time
 
 from pairvmlib import layout, machines, progress
-from pairvmlib.commands import COMMANDS, FORMS, LATER, Usage, choose, parse, plain, summary
+from pairvmlib.commands import COMMANDS, FORMS, Usage, choose, parse, plain, summary
 from pairvmlib.errors import PairvmError
 
 CONSOLE_BANNER = "Connected to {name}'s serial console; press Ctrl+] to leave."
@@ -477,15 +477,11 @@ def usage(command=None, docs=None):
     docs = docs or {}
     if command in FORMS:
         return "\n\n".join("\n".join(_form_help(entry, docs)) for entry in FORMS[command])
-    if command in LATER:
-        return not_yet(command)
     lines = ["usage: pairvm COMMAND [ARG...]", ""]
     for forms in FORMS.values():
         for entry in forms:
             text = entry.summary or summary(docs.get(entry.function))
             lines += [f"  {entry.synopsis}", *([f"      {text}"] if text else [])]
-    lines += ["", "not yet available in this version:"]
-    lines += [f"  {name:<16} {what}" for name, (what, _) in LATER.items()]
     lines += ["", "`pairvm help COMMAND` explains one command."]
     return "\n".join(lines)
 
@@ -494,18 +490,12 @@ def unknown(command):
     return f"unknown command {command!r}; `pairvm help` lists them"
 
 
-def not_yet(command):
-    what, instead = LATER[command]
-    hint = f"; use {instead} instead" if instead else ""
-    return f"{command} ({what}) is not available yet in this version{hint}"
-
-
 # --- what some commands do on the host itself -------------------------------------------------
 
 
 def local_help(kwargs, config_dir, given):
     command = kwargs.get("command")
-    if command and command not in COMMANDS and command not in LATER:
+    if command and command not in COMMANDS:
         raise Usage(unknown(command))
     print(usage(command, docstrings(config_dir)))
     return 0
@@ -580,9 +570,6 @@ def main(argv, salt_config_dir="/etc/salt"):
     name, args = argv[0], argv[1:]
     if name in ("-h", "--help"):
         name = "help"
-    if name in LATER:
-        print(f"pairvm: {not_yet(name)}", file=sys.stderr)
-        return 2
     if name not in COMMANDS:
         print(f"pairvm: {unknown(name)}\n\n{usage()}", file=sys.stderr)
         return 2

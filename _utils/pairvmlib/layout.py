@@ -8,6 +8,7 @@ import os
 
 # Layer 2 (docs/data-model.md): /machines/<vm> and this host's view of the pair.
 MACHINES_DIR = "/machines"
+DEV_DIR = "/dev"
 GLOBAL_NAME = "_global"
 DRBD_DIR = "/etc/drbd.d"
 LOCK_DIR = "/run/lock/pairvm"
@@ -42,6 +43,11 @@ def resource_path(name):
 def drbd_device(minor):
     """The block device of DRBD minor ``minor`` (what a VM's disc is)."""
     return f"/dev/drbd{minor}"
+
+
+def lv_device(lv):
+    """The block device of LV ``lv`` (``"vg/name"``)."""
+    return os.path.join(DEV_DIR, lv)
 
 
 def seed_path(name):

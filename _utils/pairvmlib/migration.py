@@ -62,11 +62,26 @@ def migrate_uri(ip):
     return f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
 
 
-def limits(max_downtime, bandwidth, timeout):
-    """The migration's limits, checked: downtime (ms), bandwidth (MiB/s, 0: none), timeout (s)."""
+def limits(max_downtime, bandwidth, timeout, auto_converge=True):
+    """The migration's limits, checked: downtime (ms), bandwidth (MiB/s, 0: none), timeout (s),
+    and whether QEMU may slow the guest down so that the job converges."""
     return {"max_downtime": checks.integer("max_downtime", max_downtime, 1, 60000),
             "bandwidth": checks.integer("bandwidth", bandwidth, 0, 100000),
-            "timeout": checks.integer("timeout", timeout, 1, 86400)}
+            "timeout": checks.integer("timeout", timeout, 1, 86400),
+            "auto_converge": auto_converge if isinstance(auto_converge, bool) else
+            checks.fail("auto_converge", auto_converge, "must be True or False")}
+
+
+def flag_names(auto_converge):
+    """The names of libvirt's ``VIR_MIGRATE_*`` flags of the job: live, peer-to-peer, the
+    domain made persistent on the destination and undefined here. ``auto_converge``
+    adds ``VIR_MIGRATE_AUTO_CONVERGE``: when the guest changes its memory faster than
+    it is sent, QEMU throttles its vCPUs, step by step (20 %, then 10 % more each
+    round), until the rest fits in ``max_downtime``; without it such a job runs into
+    the timeout and is aborted."""
+    names = ["VIR_MIGRATE_LIVE", "VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST",
+             "VIR_MIGRATE_UNDEFINE_SOURCE"]
+    return names + (["VIR_MIGRATE_AUTO_CONVERGE"] if auto_converge else [])
 
 
 def disc_cache(xml):

@@ -2,7 +2,7 @@
 
 The host command runs a few operations that need the master (``pairvm
 create NAME here|there MEMORY DISC``, ``pairvm cdrom NAME ISO|eject``,
-``pairvm chkconfig``) through Salt's own minion-to-master path:
+``pairvm chkconfig``, ``pairvm swap NAME``) through Salt's own minion-to-master path:
 ``salt-call publish.runner FUN arg="[...]"``. The master runs a runner
 function for a minion only when its ``peer_run`` setting allows both: its
 keys are matched against the minion id and its lists against the function,
@@ -19,7 +19,8 @@ import yaml
 
 # The runner functions a pair host needs (``_runners/pairvm_peer.py``); each acts only
 # on the caller's own pair, and host_job reads only the caller's own jobs.
-HOST_RUNNERS = ("pairvm.host_create", "pairvm.host_cdrom", "pairvm.host_chkconfig", "pairvm.host_job")
+HOST_RUNNERS = ("pairvm.host_create", "pairvm.host_cdrom", "pairvm.host_chkconfig", "pairvm.host_swap",
+                "pairvm.host_job")
 # The master configuration file the runner pairvm.peer_acl writes (in master.d/).
 CONFIG_NAME = "pairvm-peer.conf"
 

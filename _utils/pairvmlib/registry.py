@@ -159,13 +159,15 @@ def as_pillar(saved, drbd_secret=None):
     """What the ext_pillar serves a host of the pair: pillar ``pairvm:allocations``, the
     CLI-created VMs, ``pairvm:resized`` (the disc size ``salt-run pairvm.resize`` gave a
     pillar-defined VM), the CDs recorded by ``pairvm.cdrom`` (``cdroms``: {vm: {"path",
-    "pillar"}}) and, when given, the generated secret as ``drbd_options:shared_secret``."""
+    "pillar"}}), the homes ``salt-run pairvm.swap`` gave pillar-defined VMs (``homes``:
+    {vm: minion}) and, when given, the generated secret as ``drbd_options:shared_secret``."""
     vms = saved.get("vms", {})
     pairvm = {
         "allocations": {name: entry["alloc"] for name, entry in vms.items()},
         "vms": {name: entry["definition"] for name, entry in vms.items() if entry.get("definition")},
         "resized": {name: entry["disc_mib"] for name, entry in vms.items() if entry.get("disc_mib")},
         "cdroms": {name: entry["cdrom"] for name, entry in vms.items() if entry.get("cdrom")},
+        "homes": {name: entry["home"] for name, entry in vms.items() if entry.get("home")},
     }
     if drbd_secret:
         pairvm["drbd_options"] = {"shared_secret": drbd_secret}
@@ -177,9 +179,7 @@ def record_disc(registry, name, disc_mib, pillar_mib):
     definition for a VM created from the CLI, else as the entry's ``disc_mib`` while the
     pillar files give less (``pillar_mib``)."""
     updated = copy.deepcopy(registry)
-    entry = updated.get("vms", {}).get(name)
-    if entry is None:
-        raise Failed(f"VM {name} has no entry in the registry: run salt-run pairvm.allocate")
+    entry = _entry(updated, name)
     if entry.get("definition"):
         entry["definition"]["disc_mib"] = disc_mib
     elif disc_mib > pillar_mib:
@@ -195,4 +195,39 @@ def with_cdrom(registry, name, path, pillar_cdrom):
     (``schema.recorded_cdrom``)."""
     updated = copy.deepcopy(registry)
     updated["vms"][name]["cdrom"] = {"path": path, "pillar": pillar_cdrom}
+    return updated
+
+
+def _entry(updated, name):
+    entry = updated.get("vms", {}).get(name)
+    if entry is None:
+        raise Failed(f"VM {name} has no entry in the registry: run salt-run pairvm.allocate")
+    return entry
+
+
+def with_swap(registry, name, to):
+    """A new registry recording that a swap of VM ``name`` to home ``to`` has begun
+    (``to`` None: that it has ended). Not served as pillar: the runner's own record, so
+    that running it again finishes the same swap."""
+    updated = copy.deepcopy(registry)
+    entry = _entry(updated, name)
+    if to is None:
+        entry.pop("swap", None)
+    else:
+        entry["swap"] = {"to": to}
+    return updated
+
+
+def with_home(registry, name, home, pillar_home):
+    """A new registry in which VM ``name``'s home is ``home``: in its definition for a VM
+    created from the CLI, else as the entry's ``home`` while the pillar files give
+    another (``pillar_home``), served as pillar ``pairvm:homes``."""
+    updated = copy.deepcopy(registry)
+    entry = _entry(updated, name)
+    if entry.get("definition"):
+        entry["definition"]["home"] = home
+    elif home != pillar_home:
+        entry["home"] = home
+    else:
+        entry.pop("home", None)
     return updated

@@ -438,6 +438,27 @@ def resized(pairvm_pillar):
     return result
 
 
+def homes(pairvm_pillar, settings):
+    """
+    {vm: minion} of pillar ``pairvm:homes``: the homes ``salt-run pairvm.swap`` recorded
+    in the registry for VMs whose pillar files give another ``home``. Raises ``Invalid``
+    on a value that is not a host of the pair.
+
+    Example:
+
+    .. code-block:: python
+
+        schema.homes(__pillar__.get("pairvm", {}), settings)  # {"web1": "hostB"}
+    """
+    errors = []
+    given = checks.mapping(pairvm_pillar.get("homes"), "homes", errors)
+    hosts = tuple(sorted(settings["pair"]))
+    result = {name: checks.gather(errors, f"homes.{name}: ", checks.choice, home, hosts)
+              for name, home in sorted(given.items(), key=str)}
+    checks.raise_all(errors)
+    return result
+
+
 # --- the VM record (layer 2) ----------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ CODES = {
     "EVMNOTRUNNING": "VM should run (state running) but runs on neither host",
     "EVNCNOTLOCAL": "VNC of a running VM listens on an address other than 127.0.0.1",
     "EDISCGROWN": "a VM's LVs are bigger than its pillar disc (grown by pairvm.resize)",
+    "EHOMEMOVED": "a VM's home in the registry (moved by pairvm.swap) differs from its pillar home",
+    "ESWAPUNFINISHED": "a pairvm.swap of a VM was begun and has not finished",
     "EMEMCAP": "the pair's VM memory is over pairvm:memory_cap",
     "EDRBDNOAUTH": "DRBD resource connects without peer authentication (no cram-hmac-alg and secret)",
     "EALLOCCOLLISION": "a registry gives one value (IP, MAC, port, minor, display) to two VMs, or two "
@@ -246,6 +248,30 @@ def disc_checks(definitions, entries, facts):
     return found
 
 
+def home_checks(definitions, entries):
+    """A VM whose home ``salt-run pairvm.swap`` moved (the registry's ``entries[name]``
+    keeps it) while its pillar entry still gives the old one, and a swap not finished."""
+    found = []
+    for name, entry in sorted(entries.items()):
+        moved, pillar = entry.get("home"), definitions.get(name, {}).get("home")
+        if moved and pillar and moved != pillar:
+            found.append(finding("WARNING", "EHOMEMOVED", name, None,
+                                 f"its home is {moved} since salt-run pairvm.swap (the registry keeps it), "
+                                 f"but its pillar entry pairvm:vms:{name}:home gives {pillar}: set "
+                                 f"home: {moved} there"))
+        if entry.get("swap"):
+            found.append(finding("WARNING", "ESWAPUNFINISHED", name, None,
+                                 f"a swap of its home to {entry['swap']['to']} has begun and not finished "
+                                 f"(its old LVs still hold the data): run salt-run pairvm.swap {name}"))
+    return found
+
+
+def rehomed(definitions, entries):
+    """``definitions`` with the homes the registry's ``entries`` keep (``pairvm.swap``)."""
+    return {name: {**d, "home": (entries.get(name) or {}).get("home") or d.get("home")}
+            for name, d in definitions.items()}
+
+
 def memory_check(settings, definitions, facts):
     cap = settings.get("memory_cap") or 0
     memory = {name: d["memory"] for name, d in definitions.items()}
@@ -305,7 +331,8 @@ def analyse(settings, definitions, registry, facts, bridges):
             findings += host_checks(host, fact, settings, bridges)
             findings += vm_host_checks(host, fact, expected, settings)
     if all(fact is not None for fact in facts.values()):
-        findings += pair_checks(facts, expected, wanted(definitions, facts))
+        findings += pair_checks(facts, expected, wanted(rehomed(definitions, known), facts))
     findings += disc_checks(definitions, known, facts)
+    findings += home_checks(definitions, known)
     findings += memory_check(settings, definitions, facts)
     return findings

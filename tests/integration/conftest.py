@@ -8,6 +8,7 @@ modules through ``saltutil.sync_all`` from the master's file server.
 
 import pytest
 
+import salt.utils.yaml
 from tests.lab import lab as labmod
 from tests.lab import saltlab
 
@@ -89,3 +90,17 @@ def salt_cli(salt_master, minions):
 @pytest.fixture(scope="session")
 def salt_run_cli(salt_master, minions):
     return salt_master.salt_run_cli(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def pillar_vms(salt_master):
+    """Write test_vms.sls (VMs defined in pillar) for the module; empty again at its end.
+    The next ``state.orchestrate`` or ``saltutil.refresh_pillar`` gives the minions it."""
+    path = salt_master.config["pillar_roots"]["base"][0] + "/test_vms.sls"
+
+    def write(vms):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(salt.utils.yaml.safe_dump({"pairvm": {"vms": vms}} if vms else {}))
+
+    yield write
+    write({})

@@ -142,19 +142,6 @@ def every_resource_file_parses(lab):
 
 
 @pytest.fixture(scope="module")
-def pillar_vms(salt_master):
-    """Write test_vms.sls (VMs defined in pillar) and refresh the minions' pillar."""
-    path = salt_master.config["pillar_roots"]["base"][0] + "/test_vms.sls"
-
-    def write(vms):
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(salt.utils.yaml.safe_dump({"pairvm": {"vms": vms}} if vms else {}))
-
-    yield write
-    write({})
-
-
-@pytest.fixture(scope="module")
 def pvm1(salt_run_cli, salt_cli, lab):
     """A VM created from the CLI with the runner, homed on hostA."""
     ret = salt_run_cli.run("pairvm.create", "pvm1", "hostA", "128", "64M", "state=stopped",

@@ -24,7 +24,7 @@ from tests.lab.hosts import REPO
 VMS = {
     "kvm1": (1, "hostA", "64M"), "kvm2": (2, "hostA", "64M"), "kc1": (3, "hostA", "64M"),
     "kd1": (4, "hostA", "16M"), "kd2": (5, "hostB", "16M"), "km1": (6, "hostA", "64M"),
-    "kmx1": (7, "hostA", "64M"),
+    "kmx1": (7, "hostA", "64M"), "ksw1": (8, "hostA", "64M"),
 }
 # The backup host: an sshd in each host's namespace on its own loopback, serving one
 # directory (test_data_paths.py); the hosts' key and known host under their private

@@ -20,7 +20,7 @@ from salt.exceptions import CommandExecutionError
 from tests.unit.conftest import load
 
 MODULE_FILES = ("pairvm", "pairvm_console", "pairvm_storage", "pairvm_backup", "pairvm_image",
-                "pairvm_health", "pairvm_migrate", "pairvm_metrics", "pairvm_watch")
+                "pairvm_health", "pairvm_migrate", "pairvm_metrics", "pairvm_watch", "pairvm_swap")
 MODULES = {name: load(f"_modules/{name}.py", f"unit_{name}") for name in MODULE_FILES}
 
 
@@ -39,7 +39,7 @@ for _module in MODULES.values():
 LAYOUT_DIRS = {"MACHINES_DIR": "machines", "DRBD_DIR": "drbd.d", "LOCK_DIR": "lock",
                "SUPPRESS_DIR": "suppressed",
                "SERIAL_LOG_DIR": "serial", "SEED_DIR": "seeds", "IMAGE_CACHE_DIR": "images",
-               "SPLIT_BRAIN_DIR": "split-brain"}
+               "SPLIT_BRAIN_DIR": "split-brain", "DEV_DIR": "dev"}
 
 
 # As the master serves them: pillar's tuning, and the pair's secret (ext_pillar pairvm_registry).
@@ -303,6 +303,15 @@ class Host:
             self.domains[name] = dom
         return rec
 
+    def lv_device(self, lv, mib, data=b""):
+        """The block device of LV ``lv``: a sparse file of ``mib`` MiB starting with ``data``."""
+        path = self.root / "dev" / lv
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.truncate(mib * 2**20)
+            fh.write(data)
+        return path
+
     def actions(self):
         """What was done to the host, in order: ``drbd.up``, ``virsh.start``, ``garp``, ..."""
         done = []
@@ -317,11 +326,11 @@ class Host:
         return [(args, kwargs) for name, args, kwargs in self.log if name == function]
 
     def snapshot(self):
-        """Every file pairvm may write (lock files aside), with its content."""
+        """Every file pairvm may write (lock files and LV devices aside), with its content."""
         return {
             str(path): path.read_bytes()
             for path in sorted(self.root.rglob("*"))
-            if path.is_file() and self.lock_dir not in path.parents
+            if path.is_file() and self.lock_dir not in path.parents and self.root / "dev" not in path.parents
         }
 
     # --- the fake runtime -----------------------------------------------------------------
@@ -357,12 +366,14 @@ class Host:
             assert size.endswith("M")
             mib = int(size[:-1])
         self.lvs[f"{vgname}/{lvname}"] = mib
+        self.lv_device(f"{vgname}/{lvname}", mib)
         if snapshot is not None:
             self.snapshot_of[f"{vgname}/{lvname}"] = snapshot
         return {"Output from lvcreate": f'Logical volume "{lvname}" created.'}
 
     def _lvremove(self, lvname, vgname, force=True):
         self.snapshot_of.pop(f"{vgname}/{lvname}", None)
+        (self.root / "dev" / vgname / lvname).unlink(missing_ok=True)
         if self.lvs.pop(f"{vgname}/{lvname}", None) is None:
             return f'Failed to find logical volume "{vgname}/{lvname}"'
         return f'Logical volume "{lvname}" successfully removed'

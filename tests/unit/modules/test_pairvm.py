@@ -87,6 +87,36 @@ def test_pillar_record_refuses_a_bad_resized_value(host, resized, message):
         pairvm.pillar_record("vm1")
 
 
+def test_pillar_record_takes_the_home_swap_recorded(host):
+    host.pillar["pairvm"]["homes"] = {"vm1": "hostB"}
+    rec = pairvm.pillar_record("vm1")
+    assert (rec["home"], rec["peer"]) == ("hostB", "hostA")
+    assert rec["hosts"]["hostB"]["vg"] == "here" and rec["hosts"]["hostA"]["vg"] == "there"
+    assert pairvm.pillar_record("vm2")["home"] == "hostB"
+
+
+@pytest.mark.parametrize("homes, message", [
+    ({"vm1": "hostC"}, r"homes\.vm1: must be one of hostA, hostB, got 'hostC'"),
+    (["vm1"], "homes: must be a mapping"),
+])
+def test_pillar_record_refuses_a_bad_home(host, homes, message):
+    host.pillar["pairvm"]["homes"] = homes
+    with pytest.raises(CommandExecutionError, match=message):
+        pairvm.pillar_record("vm1")
+
+
+def test_create_refuses_a_home_changed_without_swap_and_changes_nothing(host):
+    """Pillar's home of vm1 changed from hostA to hostB by hand: the disc is still LV here/vm1
+    here. create (the VM states) must not make an empty there/vm1 beside it."""
+    host.install("vm1", drbd=drbd_state())
+    host.pillar["pairvm"]["vms"]["vm1"]["home"] = "hostB"
+    files, lvs = host.snapshot(), dict(host.lvs)
+    with pytest.raises(CommandExecutionError, match="disc on hostA is LV here/vm1, not there/vm1: its home "
+                                                    "changed without pairvm.swap"):
+        pairvm.create("vm1")
+    assert host.actions() == [] and host.snapshot() == files and host.lvs == lvs
+
+
 def test_the_vm_state_keeps_a_size_resize_recorded_and_would_undo_an_unrecorded_one(host):
     """What salt-run pairvm.resize leaves: LV and record grown, the size in pillar ``resized``.
     A state.apply pairvm.vms (pairvm.create) then changes nothing; without ``resized`` it

@@ -21,7 +21,8 @@ HOSTS = {"hostA": {"admin_ip": "10.77.0.11", "replication_ip": "10.78.0.11"},
          "hostB": {"admin_ip": "10.77.0.12", "replication_ip": "10.78.0.12"}}
 HOSTS_TWO = {"hostC": {"admin_ip": "10.77.0.13", "replication_ip": "10.78.0.13"},
              "hostD": {"admin_ip": "10.77.0.14", "replication_ip": "10.78.0.14"}}
-EMPTY = {"allocations": {}, "vms": {}, "resized": {}, "cdroms": {}}  # what a registry without VMs gives
+# what a registry without VMs gives
+EMPTY = {"allocations": {}, "vms": {}, "resized": {}, "cdroms": {}, "homes": {}}
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ def test_without_a_registry_there_is_nothing_to_add(cachedir):
 
 def test_a_pair_host_gets_its_pairs_allocations_definitions_and_secret(cachedir):
     save(cachedir, "default", HOSTS, {"vm1": {"definition": None, "alloc": ALLOC_1, "disc_mib": 3072,
-                                               "cdrom": {"path": "/srv/a.iso", "pillar": None}},
+                                               "cdrom": {"path": "/srv/a.iso", "pillar": None},
+                                               "home": "hostB", "swap": {"to": "hostB"}},
                                       "web": {"definition": CLI_DEFINITION, "alloc": ALLOC_2}}, "s3cr3t")
     pillar = registry_pillar.ext_pillar("hostA", pillar_of(HOSTS, vms={"vm1": {"home": "hostA"}}))
     assert pillar == {"pairvm": {
@@ -61,6 +63,7 @@ def test_a_pair_host_gets_its_pairs_allocations_definitions_and_secret(cachedir)
         "vms": {"web": CLI_DEFINITION},
         "resized": {"vm1": 3072},  # salt-run pairvm.resize grew the pillar-defined vm1
         "cdroms": {"vm1": {"path": "/srv/a.iso", "pillar": None}},  # salt-run pairvm.cdrom gave it a CD
+        "homes": {"vm1": "hostB"},  # salt-run pairvm.swap moved it (its swap marker is not served)
         "drbd_options": {"shared_secret": "s3cr3t"},
     }}
     assert registry_pillar.ext_pillar("hostB", pillar_of(HOSTS)) == pillar

@@ -127,3 +127,123 @@ def test_return_brings_home_what_runs_away_on_the_peer(mst):
     assert ret == {"moved": {"vm1": {"name": "vm1", "changes": ["virsh migrate"], "comment": "moved"}},
                    "not_moved": {}, "retcode": 0}
     assert runner.__func_alias__ == {"return_": "return"}
+
+
+# --- swap ------------------------------------------------------------------------------------------
+
+
+class SwapMaster(FakeMaster):
+    """Both hosts' pairvm.swap, in the order the runner asks them, and DRBD once up."""
+
+    def __init__(self):
+        super().__init__()
+        self.fail = {}  # (host, phase): message of that host's pairvm.swap
+        self.sha = {"hostA": "same", "hostB": "same"}
+        self.drbd = {"connected": True, "up_to_date": True, "syncing": False}
+
+    def call(self, minion, function, *args, timeout=300, **kwargs):
+        self.calls.append((minion, function, args, kwargs))
+        if function == "pairvm.pillar_record":
+            return {"home": "hostA"}
+        if function == "drbd.status":
+            return self.drbd
+        return True
+
+    def call_each(self, calls, timeout=300):
+        answers = {}
+        for minion, (function, args, kwargs) in sorted(calls.items()):
+            phase = "test" if kwargs.get("test") else "finish" if kwargs.get("finish") else "copy"
+            self.calls.append((minion, function, args, kwargs))
+            if (minion, phase) in self.fail:
+                answers[minion] = {"ret": self.fail[minion, phase], "retcode": 1}
+            else:
+                answers[minion] = {"ret": {"changes": [f"{phase} on {minion}"],
+                                           "record_sha256": self.sha[minion]}, "retcode": 0}
+        return answers
+
+
+@pytest.fixture
+def swap_mst(monkeypatch, loader_mock, tmp_path):
+    fake = SwapMaster()
+    loader_mock(runner, opts={"cachedir": str(tmp_path)})
+    monkeypatch.setattr(runner.master, "Master", fake)
+    monkeypatch.setattr(runner, "SYNC_WAIT", 0)
+    with runner.registry.locked(runner.__opts__, "default") as box:
+        box["registry"] = {"vms": {"vm1": {"definition": None, "alloc": {}}}}
+    return fake
+
+
+def saved(name="vm1"):
+    return runner.registry.read(runner.__opts__, "default")["vms"][name]
+
+
+def phases(mst):
+    return [(m, "test" if k.get("test") else "finish" if k.get("finish") else "copy", k.get("resume"))
+            for m, f, a, k in mst.calls if f == "pairvm.swap"]
+
+
+def test_swap_checks_both_then_copies_both_then_finishes_both(swap_mst):
+    ret = runner.swap("vm1")
+    assert ret["home"] == "hostB" and ret["resynced"] is False
+    assert ret["changes"] == {"hostA": ["copy on hostA", "finish on hostA"],
+                              "hostB": ["copy on hostB", "finish on hostB"]}
+    assert phases(swap_mst) == [("hostA", "test", False), ("hostB", "test", False),
+                                ("hostA", "copy", True), ("hostB", "copy", True),
+                                ("hostA", "finish", None), ("hostB", "finish", None)]
+    assert all(k["home"] == "hostB" for m, f, a, k in swap_mst.calls if f == "pairvm.swap")
+    assert saved() == {"definition": None, "alloc": {}, "home": "hostB"}  # pillar gives hostA
+    refreshed = [m for m, f, a, k in swap_mst.calls if f == "saltutil.refresh_pillar"]
+    assert refreshed == ["hostA", "hostB"]
+
+
+@pytest.mark.parametrize(("fail", "why"), [
+    ({("hostB", "test"): "VM vm1 cannot move home on hostB: it is running on this host"},
+     "hostB: VM vm1 cannot move home on hostB: it is running"),
+    ({("hostA", "test"): "DRBD resource vm1 is Connecting"}, "hostA: DRBD resource vm1 is Connecting"),
+])
+def test_a_refusal_of_either_host_changes_nothing(swap_mst, fail, why):
+    swap_mst.fail = fail
+    ret = runner.swap("vm1")
+    assert ret["retcode"] == 1 and why in ret["error"]
+    assert [p for p in phases(swap_mst) if p[1] != "test"] == []
+    assert saved() == {"definition": None, "alloc": {}}
+
+
+def test_records_that_differ_between_the_hosts_are_refused(swap_mst):
+    swap_mst.sha["hostB"] = "other"
+    assert "/machines/vm1 differs between hostA and hostB" in runner.swap("vm1")["error"]
+    assert saved() == {"definition": None, "alloc": {}}
+
+
+def test_test_only_asks_both_hosts(swap_mst):
+    ret = runner.swap("vm1", test=True)
+    assert ret["comment"] == "would make hostB the home of VM vm1"
+    assert phases(swap_mst) == [("hostA", "test", False), ("hostB", "test", False)]
+    assert saved() == {"definition": None, "alloc": {}}
+
+
+def test_an_interrupted_swap_is_recorded_and_finished_by_the_next_run(swap_mst):
+    swap_mst.fail = {("hostB", "copy"): "lvcreate here/vm1 failed: insufficient free space"}
+    ret = runner.swap("vm1")
+    assert ret["retcode"] == 1 and "hostB: lvcreate here/vm1 failed" in ret["error"]
+    assert saved()["swap"] == {"to": "hostB"} and "home" not in saved()  # the old LVs are the disc
+    swap_mst.fail, swap_mst.calls = {}, []
+    # the next run goes on to the same home, although pillar_record still says hostA
+    assert runner.swap("vm1")["home"] == "hostB"
+    assert phases(swap_mst)[:2] == [("hostA", "test", True), ("hostB", "test", True)]
+    assert saved() == {"definition": None, "alloc": {}, "home": "hostB"}
+
+
+def test_the_old_lvs_stay_when_drbd_does_not_connect_on_the_new_ones(swap_mst):
+    swap_mst.drbd = {"connected": False, "up_to_date": False, "connection": "WFConnection"}
+    ret = runner.swap("vm1")
+    assert "is WFConnection" in ret["error"] and "the old LVs are kept" in ret["error"]
+    assert [p[1] for p in phases(swap_mst)] == ["test", "test", "copy", "copy"]
+    assert saved()["swap"] == {"to": "hostB"}
+
+
+def test_a_vm_created_from_the_cli_gets_its_new_home_in_its_definition(swap_mst):
+    with runner.registry.locked(runner.__opts__, "default") as box:
+        box["registry"] = {"vms": {"vm1": {"definition": {"home": "hostA", "memory": 128}, "alloc": {}}}}
+    runner.swap("vm1")
+    assert saved() == {"definition": {"home": "hostB", "memory": 128}, "alloc": {}}

@@ -223,7 +223,7 @@ def test_host_job_reads_only_the_callers_jobs(pm, monkeypatch):
 def test_the_acl_lets_exactly_the_pair_hosts_run_exactly_the_host_functions(pm):
     acl = peer.peer_acl()["peer_run"]
     functions = [r"^pairvm\.host_create$", r"^pairvm\.host_cdrom$", r"^pairvm\.host_chkconfig$",
-                 r"^pairvm\.host_job$"]
+                 r"^pairvm\.host_swap$", r"^pairvm\.host_job$"]
     assert acl == {"^hostA$": functions, "^hostB$": functions}
 
     def allowed(minion, function):  # what salt.daemons.masterapi.RemoteFuncs.minion_runner does
@@ -256,3 +256,14 @@ def test_the_acl_covers_every_pair_of_the_master(pm):
 def test_peer_acl_without_pair_hosts_says_so(pm, monkeypatch):
     monkeypatch.setattr(master_lib.Master, "pairs", lambda _, discover=False, errors=None: {})
     assert "no accepted minion is a host of a pair" in peer.peer_acl()["error"]
+
+
+def test_host_swap_starts_the_swap_of_a_vm_of_the_callers_pair_only(pm):
+    caller("hostB")
+    assert peer.host_swap("vm1")["job"] == "ab" * 16
+    assert job_of(pm) == ("hostB", "pairvm.swap", {"name": "vm1", "pair": "default"})
+    pm.jobs.clear()
+    assert peer.host_swap("vm9")["error"] == "VM vm9 is not a VM of hostB's pair"
+    caller("hostC")
+    assert peer.host_swap("vm1")["error"].startswith("hostC is not a host of a pair")
+    assert pm.jobs == [] and pm.calls == []

@@ -33,11 +33,21 @@ def test_the_peer_address_must_be_an_ip(ip):
 
 
 def test_limits_are_checked():
-    assert migration.limits(30, 0, 600) == {"max_downtime": 30, "bandwidth": 0, "timeout": 600}
-    for bad in ({"max_downtime": 0}, {"bandwidth": -1}, {"timeout": "soon"}, {"max_downtime": True}):
+    assert migration.limits(30, 0, 600) == {"max_downtime": 30, "bandwidth": 0, "timeout": 600,
+                                            "auto_converge": True}
+    assert migration.limits(30, 0, 600, False)["auto_converge"] is False
+    for bad in ({"max_downtime": 0}, {"bandwidth": -1}, {"timeout": "soon"}, {"max_downtime": True},
+                {"auto_converge": "yes"}):
         values = dict({"max_downtime": 30, "bandwidth": 0, "timeout": 600}, **bad)
         with pytest.raises(Invalid, match=next(iter(bad))):
             migration.limits(**values)
+
+
+def test_flags_converge_unless_told_not_to():
+    base = ["VIR_MIGRATE_LIVE", "VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST",
+            "VIR_MIGRATE_UNDEFINE_SOURCE"]
+    assert migration.flag_names(True) == base + ["VIR_MIGRATE_AUTO_CONVERGE"]
+    assert migration.flag_names(False) == base
 
 
 def test_uris():

@@ -97,7 +97,7 @@ def test_as_pillar_adds_the_secret_only_when_given():
     allocations = {"vm1": ENTRY["alloc"], "web": {"ip": "x"}}
     assert registry.as_pillar(saved) == {"pairvm": {"allocations": allocations,
                                                     "vms": {"web": {"home": "hostA"}},
-                                                    "resized": {}, "cdroms": {}}}
+                                                    "resized": {}, "cdroms": {}, "homes": {}}}
     assert registry.as_pillar(saved, "s")["pairvm"]["drbd_options"] == {"shared_secret": "s"}
 
 
@@ -111,3 +111,25 @@ def test_the_registry_of_before_pairs_is_pair_defaults_and_moves_at_its_save(opt
     assert not os.path.exists(path(opts, "registry.json"))
     assert os.path.exists(path(opts, "registry.json.before-pairs"))
     assert registry.read(opts, "default")["vms"] == {"vm1": ENTRY}
+
+
+def test_with_home_keeps_a_swapped_home_beside_the_allocation_or_in_the_definition():
+    saved = {"vms": {"vm1": {"definition": None, "alloc": {}},
+                     "web": {"definition": {"home": "hostA"}, "alloc": {}}}}
+    moved = registry.with_home(saved, "vm1", "hostB", "hostA")
+    assert moved["vms"]["vm1"] == {"definition": None, "alloc": {}, "home": "hostB"}
+    assert saved["vms"]["vm1"] == {"definition": None, "alloc": {}}  # a copy
+    back = registry.with_home(moved, "vm1", "hostA", "hostA")  # pillar gives it: nothing to keep
+    assert back["vms"]["vm1"] == {"definition": None, "alloc": {}}
+    assert registry.with_home(saved, "web", "hostB", None)["vms"]["web"] == {"definition": {"home": "hostB"},
+                                                                            "alloc": {}}
+    with pytest.raises(Failed, match="VM nope has no entry in the registry"):
+        registry.with_home(saved, "nope", "hostB", "hostA")
+
+
+def test_with_swap_records_a_swap_begun_and_forgets_it():
+    saved = {"vms": {"vm1": {"definition": None, "alloc": {}}}}
+    begun = registry.with_swap(saved, "vm1", "hostB")
+    assert begun["vms"]["vm1"]["swap"] == {"to": "hostB"} and "swap" not in saved["vms"]["vm1"]
+    assert registry.with_swap(begun, "vm1", None) == saved
+    assert registry.as_pillar(begun)["pairvm"]["homes"] == {}  # only the runner reads it

@@ -640,3 +640,39 @@ def test_every_code_is_documented():
         assert f"``{code}``" in runner.verify.__doc__
     documented = set(re.findall(r"^\| `(E[A-Z]+)` \|", doc, re.M))
     assert documented == set(verify.CODES)
+
+
+def swapped(pair, name, home, peer):
+    """VM ``name`` after salt-run pairvm.swap made ``home`` its home, running there."""
+    for host in HOSTS:
+        machine = pair.facts[host]["machines"][name]
+        old, new = machine["vg"], "here" if host == home else "there"
+        machine.update(home=home, peer=peer, vg=new)
+        pair.facts[host]["lvs"][f"{new}/{name}"] = pair.facts[host]["lvs"].pop(f"{old}/{name}")
+    pair.facts[peer]["running"].remove(name)
+    pair.facts[home]["running"].append(name)
+    pair.facts[home]["vnc"][name] = pair.facts[peer]["vnc"].pop(name)
+    pair.facts[home]["drbd"][name], pair.facts[peer]["drbd"][name] = \
+        pair.facts[peer]["drbd"][name], pair.facts[home]["drbd"][name]
+
+
+def test_a_home_moved_by_swap_is_a_warning_naming_the_pillar_entry_until_pillar_says_it(pair):
+    swapped(pair, "vm1", "hostB", "hostA")
+    pair.registry["vms"]["vm1"]["home"] = "hostB"
+    pair.save_registry()
+    result = runner.verify()
+    assert codes(result) == [("WARNING", "EHOMEMOVED", "vm1", None)]  # not EVMAWAY: hostB is its home
+    assert result["lines"] == [
+        "WARNING EHOMEMOVED vm1: its home is hostB since salt-run pairvm.swap (the registry keeps it), but "
+        "its pillar entry pairvm:vms:vm1:home gives hostA: set home: hostB there"]
+    assert result["ok"] is True
+    pair.pillar["vms"]["vm1"]["home"] = "hostB"
+    assert runner.verify()["findings"] == []
+
+
+def test_a_swap_begun_and_not_finished_is_a_warning(pair):
+    pair.registry["vms"]["vm2"]["swap"] = {"to": "hostA"}
+    pair.save_registry()
+    result = runner.verify()
+    assert codes(result) == [("WARNING", "ESWAPUNFINISHED", "vm2", None)]
+    assert result["lines"][0].endswith("run salt-run pairvm.swap vm2")
