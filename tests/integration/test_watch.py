@@ -153,9 +153,10 @@ def domstate(host, name):
 
 
 def test_a_rebooted_host_gets_its_vms_back_from_the_reactor(salt_run_cli, salt_cli, minions, lab, beacons):
-    create(salt_run_cli, salt_cli, "rbx1", "hostB", state="running")
+    create(salt_run_cli, salt_cli, "rbx1", "hostB", state="running")  # should run (create starts nothing)
     host = lab.hosts["hostB"]
     try:
+        assert salt_cli.run("pairvm.start", "rbx1", minion_tgt="hostB").returncode == 0
         wait_for(lambda: domstate(host, "rbx1") == "running", "rbx1 running on hostB")
         minion = minions["hostB"]
         minion.terminate()
