@@ -12,6 +12,13 @@ seconds. If the reader ends it is started again at the next run; its
 initial dump then catches up. A split brain is what DRBD's split-brain
 handler marked (see the ``drbd`` module).
 
+Salt rebuilds its beacons, and their ``__context__``, on every pillar or
+module refresh (``salt.minion.Minion.beacons_refresh``, which calls
+``close()`` first): the reader ends with ``close()`` and the next run starts
+a new one, but what was already reported is kept for the minion process's
+life (``drbdevents.TRACKERS``), so a refresh does not report every unhealthy
+resource again (the reactor would retry a reconnect each time).
+
 Configuration (minion config or pillar ``beacons``; the formula's
 ``pairvm.host.watch`` state sets it):
 
@@ -19,9 +26,15 @@ Configuration (minion config or pillar ``beacons``; the formula's
 
     beacons:
       pairvm_drbd:
-        - interval: 1        # seconds between two runs (Salt's own option)
         - debounce: 2        # seconds a change must hold before it is reported
         - max_delay: 30      # a change still moving is reported after this long
+
+The minion runs its beacons once a second. Leave Salt's own ``interval``
+option out: Salt counts it in passes of ``loop_interval`` seconds while the
+passes come once a second, so with a ``loop_interval`` below 1 (0.05 in
+pytest-salt-factories) ``interval: 1`` means a run every 1/loop_interval
+seconds (every 20 s there). The beacon never waits: a run each second costs
+one non-blocking read.
 """
 
 import logging
@@ -44,7 +57,6 @@ from pairvmlib import drbdevents, layout  # noqa: E402 - after the path above
 __virtualname__ = "pairvm_drbd"
 log = logging.getLogger(__name__)
 READER = "pairvm_drbd.reader"
-TRACKER = "pairvm_drbd.tracker"
 DEFAULTS = {"debounce": 2.0, "max_delay": 30.0}
 READ_LIMIT = 1 << 20  # bytes read per run at most (a burst is read on at the next run)
 
@@ -114,12 +126,20 @@ def _marks():
     return set(os.listdir(directory)) if os.path.isdir(directory) else set()
 
 
+def _tracker(conf):
+    """This beacon's tracker, kept across Salt's rebuilds of the beacons (module docstring)."""
+    name = conf.get("_beacon_name", __virtualname__)
+    tracker = drbdevents.TRACKERS.get(name)
+    if tracker is None:
+        tracker = drbdevents.TRACKERS[name] = drbdevents.Tracker(conf["debounce"], conf["max_delay"])
+    tracker.debounce, tracker.max_delay = conf["debounce"], conf["max_delay"]
+    return tracker
+
+
 def beacon(config):
     """Read the events2 reader's new lines; return the debounced events that are due."""
     conf = _config(config)
-    tracker = __context__.get(TRACKER)
-    if tracker is None:
-        tracker = __context__[TRACKER] = drbdevents.Tracker(conf["debounce"], conf["max_delay"])
+    tracker = _tracker(conf)
     reader = __context__.get(READER)
     if reader is None or not reader.alive():
         if reader is not None:
@@ -146,8 +166,8 @@ def beacon(config):
 
 
 def close(config):
-    """Salt calls this when the beacon is removed or the minion stops: end the reader."""
+    """Salt calls this before it rebuilds the beacons (each pillar or module refresh) and when
+    the beacon is deleted: end the reader. What was reported is kept (module docstring)."""
     reader = __context__.pop(READER, None)
     if reader is not None:
         reader.stop()
-    __context__.pop(TRACKER, None)

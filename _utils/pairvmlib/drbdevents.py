@@ -18,6 +18,11 @@ compared with a healthy one (Connected, both discs UpToDate, no resync),
 so what is wrong when the beacon starts is reported too.
 """
 
+# Beacon name: its Tracker, for the life of the minion process. Salt reloads the
+# beacon module (and empties its __context__) on every pillar or module refresh;
+# this module is imported once per process, so what was reported survives that.
+TRACKERS = {}
+
 FIELDS = {
     "resource": {"role": "role"},
     "connection": {"connection": "connection", "role": "peer_role"},

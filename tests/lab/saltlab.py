@@ -125,10 +125,10 @@ def make_test_pillar_root(root):
 
 def master_factory(salt_factories):
     root = salt_factories.root_dir / "master-srv"
-    # No reactor in the tests' master yet: its end-to-end test (test_watch.py) does not pass
-    # (issue 14, open), so it must not act on what other tests do.
+    # The formula's reactor, as in production: its DRBD part acts on the beacon's events only,
+    # and the beacon is off in the tests' pillar except while test_watch.py runs.
     config = master_config(root, pillar_root=make_test_pillar_root(root / "pillar"),
-                           pair_hosts=LAB_PAIR + OTHER_PAIR, reactor=False)
+                           pair_hosts=LAB_PAIR + OTHER_PAIR)
     return salt_factories.salt_master_daemon("master", overrides=config, start_timeout=120)
 
 

@@ -31,7 +31,6 @@ pairvm-host-watch-beacon:
   beacon.present:
     - name: pairvm_drbd
     - save: true
-    - interval: 1
     - debounce: {{ watch.debounce }}
     - max_delay: {{ watch.max_delay }}
     - retry:  # the reload above is asynchronous

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pairvmlib import layout
+from pairvmlib import drbdevents, layout
 from tests.unit.conftest import load
 
 beacon = load("_beacons/pairvm_drbd.py", "unit_pairvm_drbd_beacon")
@@ -19,7 +19,7 @@ DUMP = (
     " peer-disk:UpToDate resync-suspended:no\n"
     "exists -\n"
 )
-CONFIG = [{"interval": 1}, {"debounce": 0.3}, {"max_delay": 5}]
+CONFIG = [{"debounce": 0.3}, {"max_delay": 5}]
 
 
 @pytest.fixture
@@ -35,9 +35,11 @@ def drbdsetup(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     monkeypatch.setattr(layout, "SPLIT_BRAIN_DIR", str(tmp_path / "split-brain"))
     beacon.__context__ = {}
+    drbdevents.TRACKERS.clear()
     yield events, starts
     beacon.close(CONFIG)
     assert beacon.__context__ == {}
+    drbdevents.TRACKERS.clear()
 
 
 def run_until(predicate, timeout=10):
@@ -126,3 +128,79 @@ def test_salts_beacons_loader_loads_it_from_the_synced_tree(tmp_path):
     res = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(extmods), str(tmp_path / "cache")],
                          capture_output=True, text=True, check=False, cwd=tmp_path)
     assert res.stdout.startswith("True"), res.stdout + res.stderr
+
+
+MINION_SCRIPT = """
+import copy, json, sys, time
+import salt.beacons, salt.config
+extmods, cachedir, events, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+opts = salt.config.minion_config(None)
+opts.update(extension_modules=extmods, cachedir=cachedir, id="hostA",
+            loop_interval=0.05,  # what pytest-salt-factories gives its minions
+            beacons={"pairvm_drbd": config})
+beacons = salt.beacons.Beacon(opts, {})
+
+
+def passes(count):  # the minion's handle_beacons, once a second there (0.1 s here)
+    tags = []
+    for _ in range(count):
+        tags += [e["tag"] for e in beacons.process(copy.deepcopy(opts["beacons"]), {})]
+        time.sleep(0.1)
+    return tags
+
+
+before = passes(20)
+# a pillar refresh: Minion.beacons_refresh closes the beacons and loads them again
+beacons.close_beacons()
+beacons = salt.beacons.Beacon(opts, {}, interval_map=beacons.interval_map)
+with open(events, "a") as fh:  # vm1's link drops while the beacons are rebuilt
+    fh.write("change connection name:vm1 peer-node-id:0 conn-name:peer connection:Connecting\\n")
+after = passes(20)
+beacons.close_beacons()
+print(json.dumps({"before": before, "after": after}))
+"""
+STANDALONE_VM2 = DUMP.replace("name:vm1", "name:vm2").replace("connection:Connected", "connection:StandAlone")
+
+
+def minion_run(tmp_path, drbdsetup, config):
+    """Salt's own Beacon, as the minion runs it, over the beacon synced into an extmods tree."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.unit.conftest import REPO
+
+    events, _ = drbdsetup
+    events.write_text(DUMP.replace("exists -\n", "") + STANDALONE_VM2)
+    extmods = tmp_path / "extmods"
+    (extmods / "beacons").mkdir(parents=True)
+    shutil.copy(REPO / "_beacons" / "pairvm_drbd.py", extmods / "beacons")
+    shutil.copytree(REPO / "_utils" / "pairvmlib", extmods / "utils" / "pairvmlib")
+    res = subprocess.run([sys.executable, "-c", MINION_SCRIPT, str(extmods), str(tmp_path / "cache"),
+                          str(events), json.dumps(config)],
+                         capture_output=True, text=True, check=False, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.splitlines()[-1])
+
+
+def test_a_refresh_of_the_minions_beacons_reports_nothing_twice_and_loses_nothing(tmp_path, drbdsetup):
+    """Salt rebuilds the beacons (and their __context__) on every pillar or module refresh: vm2,
+    StandAlone from the start, is reported once; vm1's change during the rebuild still comes; each
+    loader had its own reader and close() ended it."""
+    _, starts = drbdsetup
+    tags = minion_run(tmp_path, drbdsetup, CONFIG)
+    assert tags["before"] == ["salt/beacon/hostA/pairvm_drbd/vm2/connection_lost"]
+    assert tags["after"] == ["salt/beacon/hostA/pairvm_drbd/vm1/connection_lost"]
+    assert starts.read_text().splitlines() == ["events2 all", "events2 all"]
+
+
+def test_salts_interval_counts_passes_of_loop_interval(tmp_path, drbdsetup):
+    """Why the formula sets no ``interval``: Salt counts it in passes of ``loop_interval`` seconds
+    (0.05 here), so ``interval: 1`` is a run every 20 passes: in the 40 passes the beacon ran once
+    (it started its reader) and reported nothing, as a debounced change needs a second run (the
+    positive control of the test above, where it runs on every pass)."""
+    _, starts = drbdsetup
+    tags = minion_run(tmp_path, drbdsetup, [{"interval": 1}, *CONFIG])
+    assert tags == {"before": [], "after": []}
+    assert starts.read_text().splitlines() == ["events2 all"]
