@@ -17,7 +17,7 @@ from tests.lab import saltlab
 # missing here counts 60 s.
 MODULE_SECONDS = {
     "test_session.py": 250, "test_vm_lifecycle.py": 210, "test_migrate.py": 200,
-    "test_fleet.py": 180, "test_backup.py": 150, "test_image.py": 120, "test_watch.py": 60,
+    "test_fleet.py": 180, "test_backup.py": 150, "test_image.py": 120, "test_watch.py": 110,
     "test_swap.py": 100, "test_lab.py": 55, "test_verify.py": 50, "test_metrics.py": 40,
 }
 
