@@ -212,7 +212,8 @@ def completion(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("bash"), reason="needs bash")
 def test_bash_completion_completes_commands_vms_and_options(completion):
-    assert completion("s") == ["serial", "split_brain_victim", "start", "stop", "suppress", "swap", "swaplive"]
+    assert completion("s") == ["serial", "split_brain_victim", "start", "stop", "suppress", "swap",
+                               "swaplive"]
     assert completion("split_brain_victim", "d") == ["db"]
     assert completion("split_brain_victim", "db", "--") == ["--no-snapshot"]
     assert "print_ssh_forwards" in completion("")
