@@ -62,7 +62,7 @@ def migrate_uri(ip):
     return f"tcp://[{host}]" if ":" in host else f"tcp://{host}"
 
 
-def limits(max_downtime, bandwidth, timeout, auto_converge=True):
+def limits(max_downtime, bandwidth, timeout, auto_converge=False):
     """The migration's limits, checked: downtime (ms), bandwidth (MiB/s, 0: none), timeout (s),
     and whether QEMU may slow the guest down so that the job converges."""
     return {"max_downtime": checks.integer("max_downtime", max_downtime, 1, 60000),

@@ -34,8 +34,8 @@ def test_the_peer_address_must_be_an_ip(ip):
 
 def test_limits_are_checked():
     assert migration.limits(30, 0, 600) == {"max_downtime": 30, "bandwidth": 0, "timeout": 600,
-                                            "auto_converge": True}
-    assert migration.limits(30, 0, 600, False)["auto_converge"] is False
+                                            "auto_converge": False}
+    assert migration.limits(30, 0, 600, True)["auto_converge"] is True
     for bad in ({"max_downtime": 0}, {"bandwidth": -1}, {"timeout": "soon"}, {"max_downtime": True},
                 {"auto_converge": "yes"}):
         values = dict({"max_downtime": 30, "bandwidth": 0, "timeout": 600}, **bad)
