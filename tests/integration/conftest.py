@@ -12,9 +12,9 @@ import salt.utils.yaml
 from tests.lab import lab as labmod
 from tests.lab import saltlab
 
-# Seconds each module takes (measured alone on the 2-CPU machine, rounded): scripts/test splits
-# the tier into shards of about equal length, each on a lab of its own (--shard K/N); a module
-# missing here counts 60 s.
+# Seconds each module takes (measured alone on the 2-CPU machine, rounded): --shard K/N splits
+# the tier into parts of about equal length, to run each on a lab of its own (PVLAB_INSTANCE) by
+# hand; a module missing here counts 60 s.
 MODULE_SECONDS = {
     "test_session.py": 250, "test_vm_lifecycle.py": 210, "test_migrate.py": 200,
     "test_fleet.py": 180, "test_backup.py": 150, "test_image.py": 120, "test_watch.py": 110,

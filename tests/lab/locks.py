@@ -28,25 +28,25 @@ def hold(path, label):
 def share(path):
     """Hold ``path`` shared (waiting while someone holds it exclusively), kept until exit:
     a lab that uses something all labs share says so."""
-    path = Path(path)
-    fd = _held.get(path)
-    if fd is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = _held[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
+    fcntl.flock(_held_fd(path), fcntl.LOCK_SH)
 
 
 def alone(path):
     """True when no other process holds ``path``: this process then holds it exclusively
     until ``share`` or exit. A shared hold of this process is converted, and may be lost
     when it cannot be (flock): call ``share`` after."""
-    path = Path(path)
-    fd = _held.get(path)
-    if fd is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = _held[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(_held_fd(path), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
+
+
+def _held_fd(path):
+    """This process's descriptor of ``path`` (opened once: flock converts a hold on the
+    same descriptor, while a second descriptor would conflict with it)."""
+    path = Path(path)
+    if path not in _held:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _held[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    return _held[path]
