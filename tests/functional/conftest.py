@@ -25,6 +25,7 @@ def lab_host():
         "file_roots": {"base": [str(saltlab.file_tree(host.dir / "srv"))]},
         "pillar_roots": {"base": [str(REPO / "pillar")]},
         "root_dir": str(host.dir / "salt"),
+        **saltlab.GRAINS,
     }
     (host.root / "etc/salt/minion").write_text(salt.utils.yaml.safe_dump(minion))
     try:

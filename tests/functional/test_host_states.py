@@ -37,7 +37,7 @@ import yaml
 
 from pairvmlib import defaults, render
 from tests.lab import lvm as lablvm
-from tests.lab import namespaces
+from tests.lab import namespaces, saltlab
 from tests.unit.conftest import REPO
 from tests.unit.utils.test_network import LAB, LAB_TEXT, SEED, SEED_TEXT
 
@@ -107,7 +107,7 @@ class Host:
             "id": HOST, "file_client": "local", "file_roots": {"base": [str(base / "srv")]},
             "pillar_roots": {"base": [str(base / "pillar")]}, "root_dir": str(self.run_dir),
             "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
-            "utils_dirs": [str(REPO / "_utils")], "log_level_logfile": "info",
+            "utils_dirs": [str(REPO / "_utils")], "log_level_logfile": "info", **saltlab.GRAINS,
         }))
         self.holder = subprocess.Popen(
             ["unshare", "--mount", "--uts", "--net", "--propagation", "private",

@@ -116,7 +116,7 @@ def write_minion_config(host, tree, pillar_dir):
         "file_roots": {"base": [str(tree)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "root_dir": str(host.dir / "salt"),
-        "grains_cache": True,
+        **saltlab.GRAINS,
         "grains_cache_expiration": 3600,
         "enable_fqdns_grains": False,
     }
