@@ -32,7 +32,10 @@ def disk_rank(name):
 
 
 def data_dir():
-    return os.path.join(os.environ.get("PVLAB_DATA", "/var/tmp/pvlab"), "drbd")
+    """The lab's shim state: PVLAB_DATA in the lab hosts; in a test process, the directory
+    of its lab instance (tests/lab/instance.py)."""
+    default = "/var/tmp/pvlab" + os.environ.get("PVLAB_INSTANCE", "")
+    return os.path.join(os.environ.get("PVLAB_DATA", default), "drbd")
 
 
 def hostname():
