@@ -15,7 +15,16 @@ import threading
 import pytest
 
 import salt.utils.yaml
-from tests.integration.test_vm_lifecycle import HOSTS, boots, drbd, hv, in_sync, serial_log, wait_for
+from tests.integration.test_vm_lifecycle import (
+    HOSTS,
+    boots,
+    drbd,
+    hv,
+    in_sync,
+    serial_log,
+    wait_for,
+    wait_in_sync,
+)
 from tests.lab.drbdshim import state as drbdshim
 
 NAME = "mvm1"
@@ -36,7 +45,7 @@ def vm(trusted_pair, salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", NAME, "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(options)}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, NAME), f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
     yield NAME
     salt_run_cli.run("pairvm.destroy", NAME, "confirm=True", "force=True")
 
@@ -66,7 +75,7 @@ def ensure_running_on_home(salt_cli, salt_run_cli, lab):
     elif where != ["hostA"]:
         for host in where:
             salt_cli.run("pairvm.stop", NAME, minion_tgt=host)
-        wait_for(lambda: in_sync(salt_cli, NAME), f"{NAME} in sync")
+        wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
         before = boots(lab.hosts["hostA"], NAME)
         assert salt_cli.run("pairvm.start", NAME, minion_tgt="hostA").returncode == 0
         wait_for(lambda: boots(lab.hosts["hostA"], NAME) > before, f"{NAME} boot", timeout=90)
@@ -100,7 +109,13 @@ def type_line(host, text):
               'done; exit 1')
     typed = host.run(["sh", "-c", typing, "sh", tty, text, f"/var/log/libvirt/qemu/{NAME}-serial.log"],
                      check=False, timeout=60)
-    assert typed.returncode == 0, serial_log(host, NAME)[-600:]
+    assert typed.returncode == 0, console_tail(serial_log(host, NAME))
+
+
+def console_tail(log):
+    """The end of a serial log; when the guest kernel oopsed, all of it from the oops on."""
+    oops = re.search(r"^.*(BUG:|Oops|general protection fault|Kernel panic).*$", log, re.MULTILINE)
+    return log[oops.start():][:12000] if oops else log[-600:]
 
 
 def test_a_stopped_vm_is_refused_and_nothing_changes(vm, salt_cli, lab):
@@ -219,7 +234,7 @@ def test_a_replication_link_cut_mid_migration_aborts_and_reverts(vm, salt_cli, s
         assert ret.returncode == 0, ret
         if drbd(salt_cli, "hostA", NAME).get("connection") == "StandAlone":
             salt_cli.run("drbd.connect", NAME, minion_tgt="hostA")
-    wait_for(lambda: in_sync(salt_cli, NAME), f"{NAME} in sync again", timeout=60)
+    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync again", timeout=60)
 
 
 def test_the_destination_libvirtd_killed_mid_migration(vm, salt_cli, salt_run_cli, lab):
@@ -247,12 +262,16 @@ def test_the_destination_libvirtd_killed_mid_migration(vm, salt_cli, salt_run_cl
 
 def test_cleanup_after_the_migration_process_was_killed(vm, salt_cli, salt_run_cli, lab):
     ensure_running_on_home(salt_cli, salt_run_cli, lab)
-    thread, result = migrate_in_background(salt_cli, "bandwidth=1")
+    # Published without waiting: a killed job never returns, and a CLI waiting for it would
+    # wait out its whole timeout.
+    started = salt_cli.run("--async", "pairvm.migrate", NAME, "away=True", "bandwidth=1", minion_tgt="hostA")
+    jid = re.search(r"\b\d{20}\b", started.stdout).group()
     wait_for(lambda: incoming_on_b(lab), "the incoming domain on hostB", timeout=60, interval=0.2)
-    jobs = salt_cli.run("saltutil.running", minion_tgt="hostA").data
-    jid = next(job["jid"] for job in jobs if job["fun"] == "pairvm.migrate")
+    running = salt_cli.run("saltutil.running", minion_tgt="hostA").data
+    assert [job["fun"] for job in running if job["jid"] == jid] == ["pairvm.migrate"], running
     assert salt_cli.run("saltutil.kill_job", jid, minion_tgt="hostA").returncode == 0
-    thread.join(timeout=120)
+    wait_for(lambda: not salt_cli.run("saltutil.find_job", jid, minion_tgt="hostA").data,
+             "the migration process to be gone", timeout=30, interval=1)
     # A peer-to-peer job is libvirtd's own: it goes on without its client. At 1 MiB/s it
     # would not converge within the 30 ms downtime limit: lift the limit as an operator
     # would (virsh migrate-setspeed), and it lands on hostB. The window the killed process
@@ -263,7 +282,7 @@ def test_cleanup_after_the_migration_process_was_killed(vm, salt_cli, salt_run_c
     assert roles(salt_cli) == {"hostA": "Primary", "hostB": "Primary"}
     assert {("EDRBDDUALPRIMARY", "hostA"), ("EDRBDDUALPRIMARY", "hostB")} <= verify_codes(salt_run_cli)
     ret = salt_cli.run("pairvm.migrate", NAME, "cleanup=True", minion_tgt="hostB")  # where it runs now
-    assert ret.returncode == 0, ret
+    assert ret.returncode == 0 and ret.data, ret
     assert ret.data["changes"][0] == f"ssh root@10.77.0.11 drbdadm secondary {NAME}"
     assert ret.data["comment"] == f"VM {NAME} runs on hostB; DRBD is single-primary again"
     assert roles(salt_cli) == {"hostA": "Secondary", "hostB": "Primary"}
