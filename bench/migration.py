@@ -48,14 +48,17 @@ def _create(name, cmdline):
         raise RuntimeError(f"create {name}: {ret['error']}")
 
 
-def _in_sync(name):
-    states = salt("*", "drbd.status", name).values()
-    return all(s.get("connection") == "Connected" and s.get("peer_disk") == "UpToDate" for s in states)
+def _in_sync(names):
+    """Every one of ``names`` Connected and UpToDate on both hosts (one salt call for all)."""
+    hosts = list(salt("*", "drbd.status").values())
+    return len(hosts) == 2 and all(
+        isinstance(states, dict) and states.get(n, {}).get("connection") == "Connected"
+        and states[n].get("peer_disk") == "UpToDate" for states in hosts for n in names)
 
 
 def _start(lab, names):
     deadline = time.monotonic() + 120
-    while not all(_in_sync(n) for n in names):
+    while not _in_sync(names):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{names} did not sync")
         time.sleep(1)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import salt.utils.yaml
-from tests.integration.test_vm_lifecycle import HOSTS, hv, in_sync, start_and_wait, wait_for
+from tests.integration.test_vm_lifecycle import HOSTS, hv, start_and_wait, wait_for, wait_in_sync
 from tests.lab import instance, sshd
 
 # names of this lab instance (tests/lab/instance.py): two labs may run at once
@@ -82,11 +82,11 @@ def backup_pillar(salt_master, salt_cli):
     write(None)
 
 
-def create(salt_run_cli, salt_cli, name, home):
+def create(lab, salt_run_cli, salt_cli, name, home):
     ret = salt_run_cli.run("pairvm.create", name, home, "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv(name))}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, name), f"{name} in sync")
+    wait_in_sync(lab, salt_cli, name, f"{name} in sync")
 
 
 def minor(host, name):
@@ -107,7 +107,7 @@ def home_disc_sha(salt_cli, host, name, size):
 @pytest.fixture(scope="module")
 def bvm1(backup_host, backup_pillar, salt_run_cli, salt_cli, lab):
     """A VM homed on hostA whose disc starts with a known pattern (8 MiB, half random)."""
-    create(salt_run_cli, salt_cli, "bvm1", "hostA")
+    create(lab, salt_run_cli, salt_cli, "bvm1", "hostA")
     rng = hashlib.sha256(b"pairvm").digest() * 4096  # 128 KiB that repeat
     PATTERN.write_bytes(b"PAIRVM BACKUP PATTERN\n" + os.urandom(4 * 2**20) + rng * 32)
     host = lab.hosts["hostA"]
@@ -184,7 +184,7 @@ def test_backup_on_the_peer_then_verify_and_restore_into_a_fresh_vm(
     verified = salt_cli.run("pairvm.verify_backup", dest("bvm1.gz"), minion_tgt="hostA")
     assert verified.returncode == 0 and verified.data["compression"] == "gzip", verified
 
-    create(salt_run_cli, salt_cli, "bvm2", "hostB")
+    create(lab, salt_run_cli, salt_cli, "bvm2", "hostB")
     try:
         away = salt_cli.run("pairvm.restore", "bvm2", dest("bvm1.gz"), "confirm=True", minion_tgt="hostA")
         assert away.returncode != 0 and "home host hostB" in str(away.data), away
@@ -259,7 +259,7 @@ def test_a_bad_destination_is_refused_before_anything_happens(bvm1, lab, salt_cl
 
 def test_all_backs_up_each_vm_and_one_failure_does_not_stop_the_others(
         running_on_a, lab, salt_cli, salt_run_cli):
-    create(salt_run_cli, salt_cli, "bvm3", "hostB")
+    create(lab, salt_run_cli, salt_cli, "bvm3", "hostB")
     try:
         (BACKUP_DIR / "all/bvm3.gz.partial").mkdir(parents=True)  # bvm3's upload cannot write
         subprocess.run(["chown", "-R", f"{USER}:", str(BACKUP_DIR / "all")], check=True)
@@ -329,7 +329,7 @@ def test_the_runner_backs_each_vm_up_on_the_host_not_running_it(
         bvm1, lab, salt_cli, salt_run_cli, salt_master, event_listener):
     """bvm1 runs on hostA, bvm4 on hostB: hostB backs bvm1 up, hostA bvm4, at the same time."""
     ensure_running(salt_cli, lab, "bvm1", "hostA")
-    create(salt_run_cli, salt_cli, "bvm4", "hostB")
+    create(lab, salt_run_cli, salt_cli, "bvm4", "hostB")
     try:
         start_and_wait(salt_cli, lab.hosts["hostB"], "bvm4")
         before, started = seqnos(lab), time.time()

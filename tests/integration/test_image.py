@@ -30,11 +30,11 @@ from tests.integration.test_vm_lifecycle import (
     HOSTS,
     boots,
     hv,
-    in_sync,
     pair_state,
     refusal,
     serial_log,
     wait_for,
+    wait_in_sync,
 )
 from tests.lab.hosts import DATA
 
@@ -131,11 +131,11 @@ def images(lab, salt_master, salt_cli):
 
 
 @pytest.fixture(scope="module")
-def vm(salt_run_cli, salt_cli, images):
+def vm(lab, salt_run_cli, salt_cli, images):
     ret = salt_run_cli.run("pairvm.create", VM, "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={__import__('json').dumps(hv(VM))}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, VM), f"{VM} in sync")
+    wait_in_sync(lab, salt_cli, VM, f"{VM} in sync")
     yield VM
     salt_run_cli.run("pairvm.destroy", VM, "confirm=True", "force=True")
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.integration.test_vm_lifecycle import hv, in_sync, start_and_wait, wait_for
+from tests.integration.test_vm_lifecycle import hv, start_and_wait, wait_for, wait_in_sync
 
 TEXTFILE_DIR = "/var/lib/pairvm/test-textfile"
 TEXTFILE = f"{TEXTFILE_DIR}/pairvm.prom"
@@ -54,7 +54,7 @@ def mx1(salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", "mx1", "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv('mx1'))}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, "mx1"), "mx1 in sync")
+    wait_in_sync(lab, salt_cli, "mx1", "mx1 in sync")
     start_and_wait(salt_cli, lab.hosts["hostA"], "mx1")
     yield "mx1"
     salt_run_cli.run("pairvm.destroy", "mx1", "confirm=True", "force=True")
@@ -138,7 +138,7 @@ def test_the_peer_reports_the_replica_and_a_cut_link(mx1, salt_cli, lab):
         assert listed(salt_cli, "hostB")["mx1"]["drbd_connection"] == "Connecting"
     finally:
         flag.unlink()
-    wait_for(lambda: in_sync(salt_cli, "mx1"), "mx1 in sync again")
+    wait_in_sync(lab, salt_cli, "mx1", "mx1 in sync again")
 
 
 def test_a_bad_textfile_path_is_refused_and_nothing_is_written(salt_cli, lab):

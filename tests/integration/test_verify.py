@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.integration.test_lab import _guest_xml
-from tests.integration.test_vm_lifecycle import boots, hv, in_sync, wait_for
+from tests.integration.test_vm_lifecycle import boots, hv, wait_for, wait_in_sync
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def healthy(salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", "vf1", "hostA", "128", "64M",
                            f"hypervisor_options={json.dumps(hv('vf1'))}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, "vf1"), "vf1 in sync")
+    wait_in_sync(lab, salt_cli, "vf1", "vf1 in sync")
     host = lab.hosts["hostA"]
     before = boots(host, "vf1")
     assert salt_cli.run("pairvm.start", "vf1", minion_tgt="hostA").returncode == 0
@@ -49,13 +49,13 @@ def test_a_machines_file_edited_on_one_host(healthy, salt_run_cli, lab):
     assert "EMACHINESDIFF" in {c for c, _, _ in codes(data)}, data["lines"]
 
 
-def test_a_drbd_resource_down_on_the_peer(healthy, salt_run_cli, salt_cli):
+def test_a_drbd_resource_down_on_the_peer(healthy, lab, salt_run_cli, salt_cli):
     assert salt_cli.run("drbd.down", "vf1", minion_tgt="hostB").returncode == 0
     try:
         rc, data = verify(salt_run_cli)
     finally:
         salt_cli.run("drbd.up", "vf1", minion_tgt="hostB")
-        wait_for(lambda: in_sync(salt_cli, "vf1"), "vf1 in sync again")
+        wait_in_sync(lab, salt_cli, "vf1", "vf1 in sync again")
     assert rc == 1
     assert ("EDRBDDISCONNECTED", "vf1", "hostA") in codes(data), data["lines"]
 

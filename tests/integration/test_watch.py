@@ -15,18 +15,18 @@ import time
 
 import pytest
 
-from tests.integration.test_vm_lifecycle import HOSTS, drbd, hv, in_sync, wait_for
+from tests.integration.test_vm_lifecycle import HOSTS, drbd, hv, wait_for, wait_in_sync
 from tests.lab.hosts import DATA
 from tests.lab.namespaces import NS_DIR
 
 WATCH_PILLAR = {"pairvm": {"watch": {"beacon": True, "debounce": 1, "max_delay": 20}}}
 
 
-def create(salt_run_cli, salt_cli, name, home, state="stopped"):
+def create(lab, salt_run_cli, salt_cli, name, home, state="stopped"):
     ret = salt_run_cli.run("pairvm.create", name, home, "128", "32M", f"state={state}",
                            f"hypervisor_options={json.dumps(hv(name))}")
     assert ret.returncode == 0, ret
-    wait_for(lambda: in_sync(salt_cli, name), f"{name} in sync")
+    wait_in_sync(lab, salt_cli, name, f"{name} in sync")
 
 
 def readers(lab):
@@ -59,8 +59,8 @@ def beacons(salt_cli, lab, minions):
 
 
 @pytest.fixture(scope="module")
-def wx1(salt_run_cli, salt_cli, beacons):
-    create(salt_run_cli, salt_cli, "wx1", "hostA")
+def wx1(lab, salt_run_cli, salt_cli, beacons):
+    create(lab, salt_run_cli, salt_cli, "wx1", "hostA")
     yield "wx1"
     salt_run_cli.run("pairvm.destroy", "wx1", "confirm=True", "force=True")
 
@@ -79,7 +79,7 @@ def wait_event(event_listener, salt_master, tag, after, timeout):
     return min(found.matches, key=lambda event: event.stamp)  # (a set)
 
 
-def test_a_cut_link_reaches_the_bus_within_10_seconds(wx1, salt_cli, salt_master, event_listener):
+def test_a_cut_link_reaches_the_bus_within_10_seconds(wx1, lab, salt_cli, salt_master, event_listener):
     start = time.time()
     link(wx1, up=False)
     try:
@@ -92,10 +92,10 @@ def test_a_cut_link_reaches_the_bus_within_10_seconds(wx1, salt_cli, salt_master
         link(wx1, up=True)
     wait_event(event_listener, salt_master, f"salt/beacon/hostA/pairvm_drbd/{wx1}/connection_restored",
                start, 30)
-    wait_for(lambda: in_sync(salt_cli, wx1), "wx1 in sync again")
+    wait_in_sync(lab, salt_cli, wx1, "wx1 in sync again")
 
 
-def test_a_plain_disconnect_is_reconnected_by_the_reactor(wx1, salt_cli, salt_master, event_listener):
+def test_a_plain_disconnect_is_reconnected_by_the_reactor(wx1, lab, salt_cli, salt_master, event_listener):
     start = time.time()
     assert salt_cli.run("drbd.disconnect", wx1, minion_tgt="hostB").returncode == 0
     assert drbd(salt_cli, "hostB", wx1)["connection"] == "StandAlone"
@@ -107,12 +107,12 @@ def test_a_plain_disconnect_is_reconnected_by_the_reactor(wx1, salt_cli, salt_ma
 
     job = wait_for(reconnect_job, "the reactor's pairvm.reconnect on hostB", timeout=30)
     assert job.data["success"] is True, job.data
-    wait_for(lambda: in_sync(salt_cli, wx1), "the reactor to reconnect wx1", timeout=30)
+    wait_in_sync(lab, salt_cli, wx1, "the reactor to reconnect wx1", timeout=30)
 
 
 @pytest.fixture
-def sbx1(salt_run_cli, salt_cli, beacons):
-    create(salt_run_cli, salt_cli, "sbx1", "hostA")
+def sbx1(lab, salt_run_cli, salt_cli, beacons):
+    create(lab, salt_run_cli, salt_cli, "sbx1", "hostA")
     yield "sbx1"
     link("sbx1", up=True)
     for host in HOSTS:
@@ -153,7 +153,8 @@ def domstate(host, name):
 
 
 def test_a_rebooted_host_gets_its_vms_back_from_the_reactor(salt_run_cli, salt_cli, minions, lab, beacons):
-    create(salt_run_cli, salt_cli, "rbx1", "hostB", state="running")  # should run (create starts nothing)
+    # should run (create starts nothing)
+    create(lab, salt_run_cli, salt_cli, "rbx1", "hostB", state="running")
     host = lab.hosts["hostB"]
     try:
         assert salt_cli.run("pairvm.start", "rbx1", minion_tgt="hostB").returncode == 0
@@ -166,6 +167,6 @@ def test_a_rebooted_host_gets_its_vms_back_from_the_reactor(salt_run_cli, salt_c
         minion.start()
         wait_for(lambda: domstate(host, "rbx1") == "running",
                  "the reactor's autostart to start rbx1 on hostB", timeout=90)
-        wait_for(lambda: in_sync(salt_cli, "rbx1"), "rbx1 in sync")
+        wait_in_sync(lab, salt_cli, "rbx1", "rbx1 in sync")
     finally:
         salt_run_cli.run("pairvm.destroy", "rbx1", "confirm=True", "force=True")
