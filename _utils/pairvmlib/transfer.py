@@ -244,7 +244,8 @@ class Upload:
         finally:
             os.close(source)
         self.link.collect_stderr(self.upload, SENDING)
-        os.write(self.data, line)
+        with contextlib.suppress(BrokenPipeError):  # ssh ended already (e.g. refused): its reason follows
+            os.write(self.data, line)
         if self.upload.stdout.readline() != b"ready\n":
             self.link.wait()
             raise Failed(f"cannot back up to {dest_text(self.dest)}: "

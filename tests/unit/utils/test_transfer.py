@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from pairvmlib import transfer
+from pairvmlib.errors import Failed
 
 REPO_UTILS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "_utils")
 
@@ -101,3 +104,24 @@ def test_a_killed_pairvm_leaves_no_stage_running(tmp_path):
     while state() in ("S", "R") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state() in (None, "Z")
+
+
+def test_a_connection_refused_before_the_path_is_written_is_a_refusal(tmp_path, monkeypatch):
+    """ssh that is gone before pairvm writes the target path (a refused connection ends at
+    once): the refusal with ssh's reason, not a BrokenPipeError."""
+    key = tmp_path / "key"
+    key.write_text("not used\n")
+    refused = ["sh", "-c", "echo 'ssh: connect to host h port 22: Connection refused' >&2; exit 255"]
+    monkeypatch.setattr(transfer.backup, "ssh_argv", lambda *args, **kwargs: refused)
+    collect = transfer.Pipeline.collect_stderr
+
+    def collect_once_ended(self, proc, *args, **kwargs):
+        proc.wait()  # the race, made certain: ssh has ended before the write
+        return collect(self, proc, *args, **kwargs)
+
+    monkeypatch.setattr(transfer.Pipeline, "collect_stderr", collect_once_ended)
+    dest = {"user": "root", "host": "h", "path": "/srv/backup/vm1.gz"}
+    with pytest.raises(Failed, match=r"cannot back up to root@h:/srv/backup/vm1.gz: ssh: connect to host h "
+                                     r"port 22: Connection refused; nothing was changed"):
+        with transfer.Upload(dest, {"key": str(key)}):
+            pass
