@@ -35,8 +35,13 @@ def test_swap_copies_each_replica_and_drbd_connects_without_a_resync(kernel_lab)
         assert began["hostA"] >= 1, a.guest_sh("dmesg | tail -40")
         equal = {h.name: len(kernel_says(h, "uuid_compare()=0 by rule")) for h in (a, b)}
 
-        with ThreadPoolExecutor(2) as pool:  # both hosts at once, as salt-run pairvm.swap runs them
-            on_a, on_b = pool.map(lambda h: h.salt("pairvm.swap", NAME, "home=hostB"), (a, b))
+        # As salt-run pairvm.swap runs them: each host's checks first (test=True), then both
+        # hosts at once with resume=True (the swap is recorded as begun then; without it, a host
+        # that looks at DRBD after the other took its resource down refuses: not Connected).
+        for h in (a, b):
+            h.salt("pairvm.swap", NAME, "home=hostB", "test=True")
+        with ThreadPoolExecutor(2) as pool:
+            on_a, on_b = pool.map(lambda h: h.salt("pairvm.swap", NAME, "home=hostB", "resume=True"), (a, b))
         assert "lvcreate -n ksw1 there -L 64M" in on_a["changes"]
         assert "lvcreate -n ksw1 here -L 64M" in on_b["changes"]
         synced((a, b), NAME)
