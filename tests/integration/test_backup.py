@@ -86,7 +86,7 @@ def create(lab, salt_run_cli, salt_cli, name, home):
     ret = salt_run_cli.run("pairvm.create", name, home, "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv(name))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, name, f"{name} in sync")
+    wait_in_sync(lab, salt_cli, name)
 
 
 def minor(host, name):

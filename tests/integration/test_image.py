@@ -135,7 +135,7 @@ def vm(lab, salt_run_cli, salt_cli, images):
     ret = salt_run_cli.run("pairvm.create", VM, "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={__import__('json').dumps(hv(VM))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, VM, f"{VM} in sync")
+    wait_in_sync(lab, salt_cli, VM)
     yield VM
     salt_run_cli.run("pairvm.destroy", VM, "confirm=True", "force=True")
 

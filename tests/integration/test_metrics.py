@@ -54,7 +54,7 @@ def mx1(salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", "mx1", "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv('mx1'))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, "mx1", "mx1 in sync")
+    wait_in_sync(lab, salt_cli, "mx1")
     start_and_wait(salt_cli, lab.hosts["hostA"], "mx1")
     yield "mx1"
     salt_run_cli.run("pairvm.destroy", "mx1", "confirm=True", "force=True")

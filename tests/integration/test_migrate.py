@@ -45,7 +45,7 @@ def vm(trusted_pair, salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", NAME, "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(options)}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     yield NAME
     salt_run_cli.run("pairvm.destroy", NAME, "confirm=True", "force=True")
 
@@ -75,7 +75,7 @@ def ensure_running_on_home(salt_cli, salt_run_cli, lab):
     elif where != ["hostA"]:
         for host in where:
             salt_cli.run("pairvm.stop", NAME, minion_tgt=host)
-        wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+        wait_in_sync(lab, salt_cli, NAME)
         before = boots(lab.hosts["hostA"], NAME)
         assert salt_cli.run("pairvm.start", NAME, minion_tgt="hostA").returncode == 0
         wait_for(lambda: boots(lab.hosts["hostA"], NAME) > before, f"{NAME} boot", timeout=90)
@@ -203,6 +203,8 @@ def test_a_maintenance_round_moves_the_vm_away_and_back(vm, salt_cli, salt_run_c
 
 
 def migrate_in_background(salt_cli, *args):
+    """pairvm.migrate in a thread. The CLI object keeps each call's target and output
+    format on itself: no other call through it until the thread is joined."""
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault(
         "ret", salt_cli.run("pairvm.migrate", NAME, "away=True", *args, minion_tgt="hostA")))

@@ -43,12 +43,12 @@ def vm(pillar_vms, salt_run_cli, salt_cli, lab):
     pillar_vms({NAME: DEFINITION})
     ret = salt_run_cli.run("state.orchestrate", "pairvm.orch.apply")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     a = lab.hosts["hostA"]
     a.run(["drbdadm", "primary", NAME])
     a.run(["dd", "if=/dev/urandom", f"of={device(a)}", "bs=1M", "count=8", "conv=fsync", "status=none"])
     a.run(["drbdadm", "secondary", NAME])
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     yield NAME
     pillar_vms({})
     salt_run_cli.run("pairvm.destroy", NAME, "confirm=True", "force=True")
@@ -107,7 +107,7 @@ def test_bad_requests_are_refused_and_nothing_changes(vm, salt_run_cli, salt_cli
         assert "it is running on this host: stop it (pairvm stop) or live-migrate it" in refusal(running)
     finally:
         assert salt_cli.run("pairvm.stop", NAME, minion_tgt="hostA").returncode == 0
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     before = pair_state(lab, salt_master)  # the start changed the domain's definition
     drbdshim.set_link(NAME, False)
     try:
@@ -116,7 +116,7 @@ def test_bad_requests_are_refused_and_nothing_changes(vm, salt_run_cli, salt_cli
         assert cut.returncode != 0 and "both must be Connected and UpToDate" in refusal(cut)
     finally:
         drbdshim.set_link(NAME, True)
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     assert changed(before, pair_state(lab, salt_master)) == []
     assert "swap" not in registry_entry(salt_master)
 
@@ -168,7 +168,7 @@ def test_swap_moves_the_discs_without_a_resync_and_resumes_after_an_interruption
     start_and_wait(salt_cli, b_host, NAME)
     assert boots(b_host, NAME) >= 1
     assert salt_cli.run("pairvm.stop", NAME, minion_tgt="hostB").returncode == 0
-    wait_in_sync(lab, salt_cli, NAME, f"{NAME} in sync")
+    wait_in_sync(lab, salt_cli, NAME)
     # pillar agrees: no more warning
     pillar_vms({NAME: {**DEFINITION, "home": "hostB"}})
     for host in HOSTS:

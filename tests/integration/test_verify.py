@@ -14,7 +14,7 @@ def healthy(salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", "vf1", "hostA", "128", "64M",
                            f"hypervisor_options={json.dumps(hv('vf1'))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, "vf1", "vf1 in sync")
+    wait_in_sync(lab, salt_cli, "vf1")
     host = lab.hosts["hostA"]
     before = boots(host, "vf1")
     assert salt_cli.run("pairvm.start", "vf1", minion_tgt="hostA").returncode == 0

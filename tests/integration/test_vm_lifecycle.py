@@ -166,7 +166,7 @@ def pvm1(salt_run_cli, salt_cli, lab):
     ret = salt_run_cli.run("pairvm.create", "pvm1", "hostA", "128", "64M", "state=stopped",
                            f"hypervisor_options={json.dumps(hv('pvm1'))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, "pvm1", "pvm1 in sync")
+    wait_in_sync(lab, salt_cli, "pvm1")
     yield "pvm1"
     salt_run_cli.run("pairvm.destroy", "pvm1", "confirm=True", "force=True")
 
@@ -304,7 +304,7 @@ def test_pillar_and_orchestrate_bring_a_vm_up_and_reapply_changes_nothing(
     assert ret.returncode == 0, ret
     host = lab.hosts["hostB"]
     wait_for(lambda: boots(host, "pvm2") > 0, "pvm2 marker on hostB", timeout=90)
-    wait_in_sync(lab, salt_cli, "pvm2", "pvm2 in sync")
+    wait_in_sync(lab, salt_cli, "pvm2")
     for view in HOSTS:
         rows = {r["name"]: r for r in salt_cli.run("pairvm.list", minion_tgt=view).data["vms"]}
         assert set(rows) == {"pvm1", "pvm2"}
@@ -439,7 +439,7 @@ def test_autostart_honours_suppress_and_brings_the_peers_drbd_up(salt_run_cli, s
                            f"hypervisor_options={json.dumps(hv('pvm6'))}")
     assert ret.returncode == 0, ret
     try:
-        wait_in_sync(lab, salt_cli, "pvm6", "pvm6 in sync")
+        wait_in_sync(lab, salt_cli, "pvm6")
         assert salt_cli.run("pairvm.suppress", "pvm6", minion_tgt="hostA").returncode == 0
         assert salt_cli.run("pairvm.autostart", minion_tgt="hostA").data["pvm6"]["changes"] == []
         assert salt_cli.run("pairvm.suppress", "pvm6", "on=False", minion_tgt="hostA").returncode == 0

@@ -26,7 +26,7 @@ def create(lab, salt_run_cli, salt_cli, name, home, state="stopped"):
     ret = salt_run_cli.run("pairvm.create", name, home, "128", "32M", f"state={state}",
                            f"hypervisor_options={json.dumps(hv(name))}")
     assert ret.returncode == 0, ret
-    wait_in_sync(lab, salt_cli, name, f"{name} in sync")
+    wait_in_sync(lab, salt_cli, name)
 
 
 def readers(lab):
@@ -167,6 +167,6 @@ def test_a_rebooted_host_gets_its_vms_back_from_the_reactor(salt_run_cli, salt_c
         minion.start()
         wait_for(lambda: domstate(host, "rbx1") == "running",
                  "the reactor's autostart to start rbx1 on hostB", timeout=90)
-        wait_in_sync(lab, salt_cli, "rbx1", "rbx1 in sync")
+        wait_in_sync(lab, salt_cli, "rbx1")
     finally:
         salt_run_cli.run("pairvm.destroy", "rbx1", "confirm=True", "force=True")
