@@ -76,17 +76,6 @@ def test_pillar_record_keeps_the_disc_size_resize_recorded(host):
     assert pairvm.pillar_record("vm2")["disc_mib"] == host.record("vm2")["disc_mib"] > 1024
 
 
-@pytest.mark.parametrize("resized, message", [
-    ({"vm1": "2G"}, r"resized\.vm1: must be a whole number of MiB"),
-    ({"vm1": 8}, r"resized\.vm1: must be a whole number of MiB from 16 to"),
-    (["vm1"], "resized: must be a mapping"),
-])
-def test_pillar_record_refuses_a_bad_resized_value(host, resized, message):
-    host.pillar["pairvm"]["resized"] = resized
-    with pytest.raises(CommandExecutionError, match=message):
-        pairvm.pillar_record("vm1")
-
-
 def test_pillar_record_takes_the_home_swap_recorded(host):
     host.pillar["pairvm"]["homes"] = {"vm1": "hostB"}
     rec = pairvm.pillar_record("vm1")
@@ -95,12 +84,15 @@ def test_pillar_record_takes_the_home_swap_recorded(host):
     assert pairvm.pillar_record("vm2")["home"] == "hostB"
 
 
-@pytest.mark.parametrize("homes, message", [
-    ({"vm1": "hostC"}, r"homes\.vm1: must be one of hostA, hostB, got 'hostC'"),
-    (["vm1"], "homes: must be a mapping"),
+@pytest.mark.parametrize("key, value, message", [
+    ("resized", {"vm1": "2G"}, r"resized\.vm1: must be a whole number of MiB"),
+    ("resized", {"vm1": 8}, r"resized\.vm1: must be a whole number of MiB from 16 to"),
+    ("resized", ["vm1"], "resized: must be a mapping"),
+    ("homes", {"vm1": "hostC"}, r"homes\.vm1: must be one of hostA, hostB, got 'hostC'"),
+    ("homes", ["vm1"], "homes: must be a mapping"),
 ])
-def test_pillar_record_refuses_a_bad_home(host, homes, message):
-    host.pillar["pairvm"]["homes"] = homes
+def test_pillar_record_refuses_a_bad_resized_or_homes_value(host, key, value, message):
+    host.pillar["pairvm"][key] = value
     with pytest.raises(CommandExecutionError, match=message):
         pairvm.pillar_record("vm1")
 
