@@ -5,7 +5,6 @@ Self-contained: it does not use the lab fixtures. Needs root, util-linux,
 iproute2 and drbd-utils; skipped otherwise.
 """
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,9 +20,7 @@ SHIMS = REPO / "tests" / "lab" / "shims"
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 import drbdshim  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("pairvm_drbd_fn", REPO / "_modules" / "drbd.py")
-product_drbd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(product_drbd)
+from tests.lab.productdrbd import drbd as product_drbd  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare") or not os.path.exists("/usr/sbin/drbdadm"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import salt.utils.yaml
+from tests.lab.productdrbd import drbd as product_drbd
 
 GUEST_BOOT = {
     "kernel": "/var/lib/libvirt/boot/pairvm-guest-vmlinuz",
@@ -66,13 +67,14 @@ def in_sync(salt_cli, name):
 
 
 def settled(lab, name, hosts=HOSTS):
-    """Both hosts Connected and UpToDate/UpToDate, read with drbdsetup in the lab hosts (a
-    wait condition: about 0.03 CPU s a look, where a salt CLI process costs about 1 s)."""
+    """Both hosts Connected and UpToDate/UpToDate, read with drbdsetup in the lab hosts and the
+    product's parser (a wait condition: about 0.03 CPU s a look, where a salt CLI process
+    costs about 1 s)."""
     for host in hosts:
         out = lab.hosts[host].run(["drbdsetup", "events2", "--now", name], check=False).stdout
-        if not (re.search(r"^exists connection .* connection:Connected", out, re.MULTILINE)
-                and re.search(r"^exists device .* disk:UpToDate", out, re.MULTILINE)
-                and re.search(r"^exists peer-device .* peer-disk:UpToDate", out, re.MULTILINE)):
+        state = product_drbd._parse_events(out).get(name, {})
+        if (state.get("connection"), state.get("disk"), state.get("peer_disk")) != \
+                ("Connected", "UpToDate", "UpToDate"):
             return False
     return True
 

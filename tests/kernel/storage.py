@@ -1,13 +1,8 @@
 """Helpers of the kernel tier: DRBD state as the product parses it, data patterns."""
 
-import importlib.util
 import time
 
-from tests.lab.hosts import REPO
-
-_spec = importlib.util.spec_from_file_location("pairvm_drbd_for_kernel", REPO / "_modules" / "drbd.py")
-product_drbd = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(product_drbd)
+from tests.lab.productdrbd import drbd as product_drbd
 
 MIB = 1 << 20
 
